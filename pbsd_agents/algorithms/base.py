@@ -1,0 +1,70 @@
+"""The loss interface every algorithm implements.
+
+An algorithm says what it needs collected per task (:class:`CollectPlan`) and turns a
+:class:`Batch` of trajectories, grouped by task, into ``(loss, metrics)``. The trainer does the
+rest (sampling tasks, collection, optimisation, evaluation), so algorithms are compared on equal terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models import Policy
+from ..trajectory import Trajectory
+
+
+@dataclass
+class CollectPlan:
+    """What to collect per task for one step.
+
+    ``teacher_temperature=None`` samples the teacher at the student's temperature; 0 is greedy.
+    """
+
+    student_samples: int = 0
+    teacher_samples: int = 0
+    teacher_temperature: float | None = None
+
+
+@dataclass
+class TaskGroup:
+    """The trajectories of one task in a batch."""
+
+    index: int | None
+    student: list[Trajectory] = field(default_factory=list)
+    teacher: list[Trajectory] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    groups: list[TaskGroup]
+    temperature: float = 1.0  # the student's sampling temperature (importance ratios need it)
+    step: int = 0
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        return [t for g in self.groups for t in g.student + g.teacher]
+
+
+class Algorithm:
+    """Base class: subclasses set ``name``, take a config dataclass, implement ``plan`` and ``loss``.
+
+    ``loss`` returns ``(None, metrics)`` when the batch holds nothing to learn from (no pairs, no
+    successful teacher sample); the trainer skips and counts such steps.
+    """
+
+    name = "base"
+
+    def __init__(self, config, pad_id: int = 0):
+        self.config = config
+        self.pad_id = pad_id
+
+    def plan(self) -> CollectPlan:
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, policy: Policy) -> tuple[torch.Tensor | None, dict]:
+        raise NotImplementedError
+
+    def after_step(self, step: int, policy: Policy) -> None:
+        """Hook called after each optimizer step (e.g. PBSD's teacher refresh)."""

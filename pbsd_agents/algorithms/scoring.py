@@ -1,0 +1,108 @@
+"""Scoring trajectories: logits and log-probabilities at action positions only.
+
+Every algorithm needs, for a list of ``(input_ids, action_mask)`` views, the model's next-token
+distribution at the positions that predict action tokens. Computing the LM head only there (not on
+every prompt and observation position) keeps memory at ``num_action_tokens x vocab`` instead of
+``batch x length x vocab``, which matters with 150k-token vocabularies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+View = tuple[list[int], list[int]]
+
+
+@dataclass
+class ActionLogits:
+    """Logits at the positions predicting action tokens, flattened over the batch.
+
+    ``logits[k]`` predicts ``targets[k]``, the k-th action token overall, which belongs to
+    sequence ``seq[k]``. ``counts[i]`` is the number of action tokens of sequence i.
+    """
+
+    logits: torch.Tensor  # [N, V]
+    targets: torch.Tensor  # [N]
+    seq: torch.Tensor  # [N]
+    counts: torch.Tensor  # [B]
+
+    def token_logprobs(self, temperature: float = 1.0) -> torch.Tensor:
+        """log p(target) per action token, under ``softmax(logits / temperature)``."""
+        logits = self.logits if temperature in (0, 1.0) else self.logits / temperature
+        return torch.gather(F.log_softmax(logits.float(), dim=-1), 1, self.targets[:, None]).squeeze(1)
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a per-token quantity over each sequence's action tokens -> ``[B]``."""
+        out = torch.zeros(len(self.counts), dtype=values.dtype, device=values.device)
+        return out.index_add(0, self.seq, values)
+
+    def split(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Per-token values grouped by sequence."""
+        return list(torch.split(values, self.counts.tolist()))
+
+
+def _decoder_and_head(model):
+    """The transformer body (returns normalised hidden states) and the LM head, peft-aware."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else None
+    get_head = getattr(base, "get_output_embeddings", None)
+    return decoder, (get_head() if get_head is not None else None)
+
+
+def action_logits(model, views: list[View], pad_id: int = 0) -> ActionLogits:
+    """Run ``model`` on right-padded ``views`` and return logits where the action mask is 1.
+
+    Position t-1 predicts token t, so the logits for action token t come from position t-1
+    (an action token at position 0 has no prediction and is ignored).
+
+    Example:
+        >>> from transformers import Qwen2Config, Qwen2ForCausalLM
+        >>> _ = torch.manual_seed(0)
+        >>> m = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+        >>> out = action_logits(m, [([1, 2, 3, 4], [0, 0, 1, 1]), ([5, 6, 7], [0, 1, 0])])
+        >>> out.logits.shape, out.targets.tolist(), out.counts.tolist()
+        (torch.Size([3, 32]), [3, 4, 6], [2, 1])
+    """
+    device = next(model.parameters()).device
+    if not views:
+        raise ValueError("action_logits needs at least one view")
+    length = max(len(ids) for ids, _ in views)
+    input_ids = torch.full((len(views), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(views), length), dtype=torch.long)
+    target_mask = torch.zeros((len(views), length), dtype=torch.bool)
+    for i, (ids, mask) in enumerate(views):
+        if len(ids) != len(mask):
+            raise ValueError(f"view {i}: {len(ids)} ids but {len(mask)} mask entries")
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[i, : len(ids)] = 1
+        target_mask[i, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    target_mask[:, 0] = False
+    input_ids, attention, target_mask = input_ids.to(device), attention.to(device), target_mask.to(device)
+    # Positions whose *next* token is an action token.
+    pred_mask = torch.zeros_like(target_mask)
+    pred_mask[:, :-1] = target_mask[:, 1:]
+    decoder, head = _decoder_and_head(model)
+    if decoder is not None and head is not None:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        logits = head(hidden[pred_mask])
+    else:  # unusual architectures: full logits, then select
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[pred_mask]
+    seq = torch.arange(len(views), device=device)[:, None].expand_as(pred_mask)[pred_mask]
+    return ActionLogits(
+        logits=logits,
+        targets=input_ids[target_mask],
+        seq=seq,
+        counts=target_mask.sum(1),
+    )
+
+
+def sequence_logprobs(model, views: list[View], pad_id: int = 0, temperature: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sum of action-token log-probs per view ``[B]``, and the per-token log-probs per view."""
+    out = action_logits(model, views, pad_id)
+    tok = out.token_logprobs(temperature)
+    return out.per_sequence(tok), out.split(tok)

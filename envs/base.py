@@ -54,7 +54,7 @@ class ChatToolEnv(gym.Env):
         max_tool_output_chars: tool output longer than this is cut, with a note.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
     single_turn = False  # True: the first assistant turn's calls are the answer (function calling)
     num_tasks: int | None = None
     splits: tuple[str, ...] = ("train", "test")

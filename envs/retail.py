@@ -420,8 +420,6 @@ class RetailEnv(ChatToolEnv):
         (1.0, True)
     """
 
-    # render_fps: gymnasium's checker warns without it (ChatToolEnv.metadata lacks it)
-    metadata = {**ChatToolEnv.metadata, "render_fps": 1}
 
     def __init__(
         self,

@@ -419,8 +419,6 @@ class TauRetailEnv(ChatToolEnv):
         (1.0, True)
     """
 
-    # render_fps: gymnasium's checker warns without it (ChatToolEnv.metadata lacks it)
-    metadata = {**ChatToolEnv.metadata, "render_fps": 1}
     splits = ("train", "dev", "test")
 
     def __init__(

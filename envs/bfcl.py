@@ -1,0 +1,359 @@
+"""``pbsd/BFCL-v0``: Berkeley Function Calling Leaderboard files, scored with the BFCL-style AST checker.
+
+Data format (BFCL v3): one JSON object per line with ``id``, ``question`` (a list of turns, each a
+list of chat messages; the first turn is the student's prompt) and ``function`` (schemas with BFCL
+type names); the ground truth sits in a ``possible_answer`` file with the same name: ``id`` and
+``ground_truth``, a list of ``{func_name: {param: [acceptable...]}}``.
+
+Categories come from the id prefix (``simple_3`` -> ``simple``, ``live_parallel_0-0-0`` ->
+``live_parallel``), else from the file name: ``simple``, ``multiple``, ``parallel``,
+``parallel_multiple``, ``irrelevance`` and their ``live_`` variants, plus ``live_relevance``.
+Irrelevance tasks score 1 when the model makes no call; relevance tasks when it makes any call.
+Java, JavaScript and multi-turn categories are not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pbsd_agents.tools.base import Tool
+from pbsd_agents.tools.parsers import ParsedCall, ParseError, format_tool_calls, parse_tool_calls
+
+from .base import ChatToolEnv, Task
+from .checker import bfcl_schema_to_json_schema, check_calls, mode_for_category
+from .toolcall import call_format_hint
+
+BASE_CATEGORIES = ("simple", "simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "relevance")
+SYSTEM_PROMPT = ("You are given a question and a set of functions. Make the function call(s) that answer it. "
+                 "If no function fits, or the question lacks required values, say so and make no call.")
+IRRELEVANCE_PRIVILEGED = "None of the functions fits this request: answer without calling any function."
+IRRELEVANCE_ORACLE = "None of the available functions can answer this request."
+RELEVANCE_PRIVILEGED = "Call one of the functions with the values the request gives; any call counts."
+_ID = re.compile(r"^(?P<cat>[A-Za-z_]+?)_\d+(?:[-_]\d+)*$")
+_HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/(?P<file>[\w./-]+\.jsonl?))?$")
+_PLACEHOLDER = {"string": "", "any": "", "integer": 0, "float": 0.0, "number": 0.0, "boolean": False,
+                "array": [], "tuple": [], "dict": {}, "object": {}}
+
+
+def category_of(task_id: str, file_name: str = "") -> str:
+    """A task's category: the id's prefix, else the file name's (``BFCL_v3_<category>.json``).
+
+    Example:
+        >>> category_of("parallel_multiple_12"), category_of("live_simple_3-2-0"), category_of("x", "BFCL_v3_irrelevance.json")
+        ('parallel_multiple', 'live_simple', 'irrelevance')
+    """
+    m = _ID.match(task_id or "")
+    cat = m.group("cat") if m else ""
+    if _supported(cat):
+        return cat
+    stem = re.sub(r"^BFCL_v\d+_", "", Path(file_name).stem)
+    return stem if _supported(stem) else cat or stem
+
+
+def _supported(category: str) -> bool:
+    return category.removeprefix("live_") in BASE_CATEGORIES
+
+
+def first_acceptable_call(gold_call: dict, schema: dict | None) -> tuple[str, dict]:
+    """One concrete call that satisfies ``gold_call``: for each parameter that may not be omitted
+    (required by the schema, or without ``""`` among its alternatives) the first alternative other
+    than ``""``; gold dicts of alternatives become concrete dicts the same way.
+
+    Example:
+        >>> first_acceptable_call({"f": {"a": [1, 2], "b": ["", "x"], "c": [{"k": ["v"], "o": [""]}]}}, None)
+        ('f', {'a': 1, 'c': {'k': 'v'}})
+    """
+    ((name, params),) = gold_call.items()
+    required = set(((schema or {}).get("parameters") or {}).get("required") or [])
+    return name, {p: _first(alts) for p, alts in params.items() if p in required or "" not in _alts(alts)}
+
+
+def _alts(alts: Any) -> list:
+    return alts if isinstance(alts, list) else [alts]
+
+
+def _first(alts: Any) -> Any:
+    for a in _alts(alts):
+        if not (isinstance(a, str) and a == ""):
+            return _concrete(a)
+    return ""
+
+
+def _concrete(value: Any) -> Any:
+    # Gold dicts map keys to lists of alternatives, also inside a list of dicts.
+    if isinstance(value, dict):
+        return {k: _first(v) for k, v in value.items() if "" not in _alts(v)}
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [_concrete(v) for v in value]
+    return value
+
+
+def _read_records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # a JSON array instead of JSON lines
+        return json.loads(text)
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON object: {exc}") from None
+    return out
+
+
+def _hf_fetch(repo_id: str, filename: str) -> Path:
+    """Download one file of a Hugging Face dataset repository (lazily imports ``huggingface_hub``)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ValueError(f"loading {repo_id}/{filename} from the Hugging Face Hub needs huggingface_hub "
+                         "(pip install huggingface_hub); or pass a local path") from None
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset"))
+
+
+def _resolve(data_path: Any, answer_path: Any) -> list[tuple[Path, Path | None, str]]:
+    """(data file, answer file or None, display name) for every file named by ``data_path``."""
+    if data_path is None:
+        raise ValueError("BFCLEnv needs data_path=: a BFCL .json file (e.g. BFCL_v3_simple.json, with its answers in "
+                         "possible_answer/ beside it), a list of them, a folder of them, or a Hugging Face "
+                         "'owner/dataset/file.json'")
+    if isinstance(data_path, (list, tuple)):
+        if not data_path:
+            raise ValueError("data_path is an empty list; give at least one BFCL file")
+        if answer_path is not None and (not isinstance(answer_path, (list, tuple)) or len(answer_path) != len(data_path)):
+            raise ValueError(f"with a list data_path, answer_path must be None or a list of the same length, got {answer_path!r}")
+        answers = list(answer_path) if answer_path is not None else [None] * len(data_path)
+        return [item for d, a in zip(data_path, answers) for item in _resolve(d, a)]
+    path = Path(os.fspath(data_path)).expanduser()
+    if path.is_dir():
+        if answer_path is not None:
+            raise ValueError(f"data_path {str(path)!r} is a folder: answers are read from its possible_answer/ folder, "
+                             f"so answer_path must be None (got {answer_path!r})")
+        files = sorted(f for f in path.glob("*.json") if _supported(category_of("", f.name)))
+        if not files:
+            raise ValueError(f"no BFCL files of a supported category ({', '.join(BASE_CATEGORIES)}) in {str(path)!r}")
+        return [item for f in files for item in _resolve(f, None)]
+    if path.is_file():
+        if answer_path is not None:
+            answer = Path(os.fspath(answer_path)).expanduser()
+            if not answer.is_file():
+                raise ValueError(f"answer_path {str(answer)!r} is not a file")
+        else:
+            answer = path.parent / "possible_answer" / path.name
+        return [(path, answer if answer.is_file() else None, path.name)]
+    m = _HF_NAME.match(str(data_path))
+    if m is None or str(data_path).startswith((".", "/", "~")) or (not m.group("file") and path.suffix in (".json", ".jsonl")):
+        raise ValueError(f"data_path {str(data_path)!r} is neither a file nor a folder (nor a Hugging Face "
+                         "'owner/dataset/file.json')")
+    if not m.group("file"):
+        raise ValueError(f"data_path {str(data_path)!r}: name the file inside the Hugging Face dataset, e.g. "
+                         "'gorilla-llm/Berkeley-Function-Calling-Leaderboard/BFCL_v3_simple.json'")
+    repo_id, filename = str(data_path)[: -len(m.group("file")) - 1], m.group("file")
+    try:
+        local = _hf_fetch(repo_id, filename)
+        answer = None
+        if answer_path is not None:
+            answer = Path(os.fspath(answer_path)).expanduser()
+        elif not _supported_without_answers(category_of("", filename)):
+            answer = _hf_fetch(repo_id, f"possible_answer/{filename}")
+    except ValueError:
+        raise
+    except Exception as exc:  # offline, unknown repo, missing file: one line, not a traceback from the hub
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"data_path {str(data_path)!r} is not a local file, and fetching it from the Hugging Face Hub "
+                         f"failed: {type(exc).__name__}: {reason}") from None
+    return [(local, answer, filename)]
+
+
+def _supported_without_answers(category: str) -> bool:
+    return mode_for_category(category) in ("irrelevance", "relevance")
+
+
+class BFCLEnv(ChatToolEnv):
+    """Berkeley Function Calling Leaderboard tasks (``pbsd/BFCL-v0``), one assistant turn each.
+
+    The student sees the question's first turn (with a short system prompt when the data has none)
+    and the task's functions as tools (schemas converted to JSON Schema, real names, dots included).
+    The answer is checked with :func:`~pbsd_agents.envs.checker.check_calls` in the category's mode;
+    tools are never executed, so a call that passes the checker always scores 1. A turn with a call
+    that cannot be parsed scores 0 (irrelevance: only a parsed call fails). ``info`` carries
+    ``category`` (reset and last step), ``error_type`` and ``check_message`` (last step).
+
+    Args:
+        data_path: a BFCL file, a list of files (tasks concatenated in that order), a folder (its
+            ``BFCL_v*_<category>.json`` files of supported categories, sorted), or ``"owner/dataset/file.json"`` on the Hugging
+            Face Hub (needs ``huggingface_hub`` and a network).
+        answer_path: the ``possible_answer`` file (a list, with a list ``data_path``); default:
+            ``possible_answer/<same file name>`` beside each data file. Irrelevance needs none.
+        split: ``"test"`` is every ``test_every``-th task of each file by line order (lines
+            ``test_every-1``, ``2*test_every-1``, ...), ``"train"`` the rest. ``test_every=1`` puts
+            the whole file in ``test``: use it to evaluate on the full benchmark.
+        underscore_names: show the tools with ``.`` in names written as ``_`` (for chat templates or
+            APIs that refuse dots); the checker maps them back.
+        tool_format: ``"hermes"`` (default), ``"json"`` or ``"python"`` (BFCL's native ``[f(a=1)]``).
+
+    Attributes:
+        data_errors: ``{task id: reason}`` for tasks of this split whose gold answer cannot be met
+            (e.g. a gold function missing from the task's functions); kept, they always score 0.
+
+    Example:
+        >>> import gymnasium, pbsd_agents
+        >>> from pathlib import Path
+        >>> data = Path(pbsd_agents.__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl" / "BFCL_v3_simple.json"
+        >>> env = gymnasium.make("pbsd/BFCL-v0", data_path=data, split="test") if data.exists() else None
+        >>> if env is not None:
+        ...     obs, info = env.reset(options={"index": 0})
+        ...     _, reward, *_ , info = env.step(env.unwrapped.oracle_actions()[0])
+        ...     assert (info["category"], reward) == ("simple", 1.0)
+    """
+
+    single_turn = True
+
+    def __init__(
+        self,
+        data_path: Any = None,
+        answer_path: Any = None,
+        split: str = "train",
+        test_every: int = 5,
+        underscore_names: bool = False,
+        system_prompt: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(split=split, **kwargs)
+        if not isinstance(test_every, int) or isinstance(test_every, bool) or test_every < 1:
+            raise ValueError(f"test_every must be a positive int, got {test_every!r}")
+        self.test_every = test_every
+        self.underscore_names = bool(underscore_names)
+        self.system_prompt = system_prompt if system_prompt is not None else f"{SYSTEM_PROMPT} {call_format_hint(self.tool_format)}"
+        self.records: list[dict] = []
+        self.data_errors: dict[str, str] = {}
+        for data_file, answer_file, shown in _resolve(data_path, answer_path):
+            self._load(data_file, answer_file, shown)
+        if not self.records:
+            raise ValueError(f"split {split!r} of {data_path!r} holds no tasks (test_every={test_every}: "
+                             f"{'every task is in test' if test_every == 1 else 'the files are too short'})")
+        self.num_tasks = len(self.records)
+        self._cache: dict[int, Task] = {}
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    def _load(self, data_file: Path, answer_file: Path | None, shown: str) -> None:
+        rows = _read_records(data_file)
+        answers: dict[str, list] | None = None
+        if answer_file is not None:
+            answers = {}
+            for row in _read_records(answer_file):
+                answers[str(row.get("id"))] = row.get("ground_truth")
+        for pos, row in enumerate(rows):
+            in_test = pos % self.test_every == self.test_every - 1
+            if in_test != (self.split == "test"):
+                continue
+            task_id = str(row.get("id", f"{shown}:{pos}"))
+            category = category_of(task_id, shown)
+            if not _supported(category):
+                raise ValueError(f"{shown}: task {task_id!r} has unsupported category {category!r}; supported: "
+                                 f"{', '.join(BASE_CATEGORIES)} and their live_ variants")
+            mode = mode_for_category(category)
+            try:
+                messages = [dict(m) for m in row["question"][0]]
+                functions = list(row["function"])
+                tool_schemas = [bfcl_schema_to_json_schema(f.get("parameters") or {"type": "dict", "properties": {}})
+                                for f in functions]
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise ValueError(f"{shown}: task {task_id!r} is not in BFCL's format: {exc}") from None
+            gold = None
+            if mode not in ("irrelevance", "relevance"):
+                if answers is None:
+                    raise ValueError(f"{shown}: category {category!r} needs its ground truth: pass answer_path= "
+                                     f"(looked for possible_answer/{shown} beside the data file)")
+                if task_id not in answers:
+                    raise ValueError(f"{shown}: task {task_id!r} has no ground truth in the answer file")
+                gold = answers[task_id]
+                if not isinstance(gold, list) or not all(isinstance(g, dict) and len(g) == 1 for g in gold):
+                    raise ValueError(f"{shown}: ground truth of {task_id!r} is not a list of {{func_name: {{...}}}}: {gold!r}")
+                problem = _gold_problem(gold, functions)
+                if problem:
+                    self.data_errors[task_id] = problem
+            self.records.append({"id": task_id, "category": category, "mode": mode, "messages": messages,
+                                 "functions": functions, "tool_schemas": tool_schemas, "gold": gold})
+
+    # ---- tasks ---------------------------------------------------------------------------------
+
+    def _shown_name(self, name: str) -> str:
+        return name.replace(".", "_") if self.underscore_names else name
+
+    def make_task(self, index: int) -> Task:
+        if index in self._cache:
+            return self._cache[index]
+        rec = self.records[index]
+        messages = [dict(m) for m in rec["messages"]]
+        if not any(m.get("role") == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        tools, seen = [], set()
+        for fn, params in zip(rec["functions"], rec["tool_schemas"]):
+            name = self._shown_name(fn["name"])
+            if name not in seen:  # a repeated name would break the tool box; the first one wins
+                seen.add(name)
+                tools.append(Tool(name, fn.get("description") or "", params, _acknowledge(name)))
+        if rec["mode"] == "irrelevance":
+            privileged, oracle = IRRELEVANCE_PRIVILEGED, IRRELEVANCE_ORACLE
+        elif rec["mode"] == "relevance":
+            fn = rec["functions"][0]
+            props = (fn.get("parameters") or {}).get("properties") or {}
+            args = {p: _PLACEHOLDER.get(props.get(p, {}).get("type"), "")
+                    for p in (fn.get("parameters") or {}).get("required") or []}
+            privileged, oracle = RELEVANCE_PRIVILEGED, format_tool_calls([(self._shown_name(fn["name"]), args)], self.tool_format)
+        else:
+            by_name = {f["name"]: f for f in rec["functions"]}
+            calls = []
+            for g in rec["gold"]:
+                name, args = first_acceptable_call(g, by_name.get(next(iter(g))))
+                calls.append((self._shown_name(name), args))
+            privileged = oracle = format_tool_calls(calls, self.tool_format)
+        task = Task(task_id=rec["id"], messages=messages, privileged=privileged, oracle=[oracle], tools=tools,
+                    answer={"category": rec["category"], "mode": rec["mode"], "gold": rec["gold"],
+                            "functions": rec["functions"]})
+        self._cache[index] = task
+        return task
+
+    # ---- the episode ---------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[dict], dict]:
+        obs, info = super().reset(seed=seed, options=options)
+        info["category"] = self.task.answer["category"]
+        return obs, info
+
+    def score(self, final_text: str, calls: list[ParsedCall]) -> tuple[float, dict]:
+        answer = self.task.answer
+        extra: dict[str, Any] = {"category": answer["category"]}
+        errors = [r for r in parse_tool_calls(final_text, self.tool_format) if isinstance(r, ParseError)]
+        if errors and answer["mode"] != "irrelevance":
+            return 0.0, {**extra, "error_type": "parse_error", "check_message": errors[0].message}
+        res = check_calls(calls, answer["gold"] or [], answer["functions"], answer["mode"],
+                          underscore_names=self.underscore_names)
+        return float(res.ok), {**extra, "error_type": res.error_type, "check_message": res.message}
+
+
+def _acknowledge(name: str):
+    def fn(**_: Any) -> str:  # never run in a single-turn episode; a harmless reply if it is
+        return f"{name}: done"
+    return fn
+
+
+def _gold_problem(gold: list[dict], functions: list[dict]) -> str | None:
+    """Why a gold answer cannot be met by any call (None when it can)."""
+    by_name = {f.get("name"): f for f in functions}
+    for g in gold:
+        ((name, params),) = g.items()
+        if name not in by_name:
+            return f"gold function {name!r} is not among the task's functions {sorted(by_name)}"
+        props = ((by_name[name].get("parameters") or {}).get("properties")) or {}
+        for p, alts in params.items():
+            if p not in props and "" not in _alts(alts):
+                return f"gold parameter {p!r} of {name!r} is not in its schema and may not be omitted"
+    return None

@@ -8,6 +8,7 @@ meant for the model.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from dataclasses import dataclass, field
@@ -82,7 +83,8 @@ class Tool:
         """The OpenAI function-calling form that ``apply_chat_template(tools=...)`` accepts."""
         return {
             "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+            # A copy: callers (and gymnasium's checker) expect fresh data that they may mutate.
+            "function": {"name": self.name, "description": self.description, "parameters": copy.deepcopy(self.parameters)},
         }
 
     def validate(self, arguments: Any) -> str | None:
@@ -101,7 +103,10 @@ class Tool:
 
     def call(self, arguments: Any) -> ToolResult:
         """Validate, run under the time limit, render and cap the output. Never raises."""
-        problem = self.validate(arguments)
+        try:
+            problem = self.validate(arguments)
+        except RecursionError:  # absurdly nested arguments: jsonschema recurses per level
+            problem = "arguments are nested too deeply"
         if problem is not None:
             return ToolResult(False, f"error: invalid arguments for tool '{self.name}': {problem}", "invalid_arguments")
         box: dict[str, Any] = {}
@@ -109,7 +114,7 @@ class Tool:
         def target() -> None:
             try:
                 box["value"] = self.fn(**arguments)
-            except Exception as exc:  # a tool's own failure is reported to the model
+            except (Exception, SystemExit) as exc:  # a tool's own failure (even sys.exit) is reported to the model
                 box["error"] = exc
 
         if self.timeout_s is None:
@@ -130,7 +135,10 @@ class Tool:
         if len(text) <= self.max_output_chars:
             return text
         note = f"... [truncated {len(text) - self.max_output_chars} chars]"
-        return text[: self.max_output_chars - len(note)] + note
+        keep = self.max_output_chars - len(note)
+        if keep <= 0:  # a cap too small for the note: cut hard, the cap is the promise
+            return text[: self.max_output_chars]
+        return text[:keep] + f"... [truncated {len(text) - keep} chars]"[: self.max_output_chars - keep]
 
 
 def render_output(value: Any) -> str:

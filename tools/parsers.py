@@ -24,6 +24,7 @@ from typing import Any
 
 FORMATS = ("hermes", "json", "python")
 MAX_CALL_CHARS = 20_000  # a single call longer than this is refused unread (cheap on huge inputs)
+MAX_CALLS = 64  # call attempts read from one turn; the rest become one error (bounds tool work and obs size)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,12 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[ParsedCall | ParseE
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown tool-call format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return _PARSERS[fmt](text)
+    results = _PARSERS[fmt](text)
+    if len(results) > MAX_CALLS:
+        rest = (results[MAX_CALLS].span[0], max(r.span[1] for r in results[MAX_CALLS:]))
+        extra = len(results) - MAX_CALLS
+        results = results[:MAX_CALLS] + [ParseError(f"too many tool calls in one turn: {extra} over the limit of {MAX_CALLS} ignored", rest)]
+    return results
 
 
 def format_tool_call(name: str, arguments: dict, fmt: str = "hermes") -> str:
@@ -106,7 +112,7 @@ def _call_from_object(obj: Any, span: tuple[int, int]) -> ParsedCall | ParseErro
     if isinstance(arguments, str):  # OpenAI-style models often send arguments as a JSON string
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError also covers ints over Python's digit limit
             return ParseError(f'"arguments" is a string that is not valid JSON: {exc}', span)
     if not isinstance(arguments, dict):
         return ParseError(f'"arguments" must be a JSON object, got {type(arguments).__name__}', span)
@@ -130,12 +136,14 @@ _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 def _parse_hermes(text: str) -> list[ParsedCall | ParseError]:
     results: list[ParsedCall | ParseError] = []
     pos = 0
+    end = -2  # cached position of the next closing tag (-1: none left), so unclosed tags stay linear
     while True:
         start = text.find(_OPEN, pos)
         if start < 0:
             break
         body_start = start + len(_OPEN)
-        end = text.find(_CLOSE, body_start)
+        if end == -2 or 0 <= end < body_start:
+            end = text.find(_CLOSE, body_start)
         nxt = text.find(_OPEN, body_start)
         if end < 0 or (0 <= nxt < end):
             stop = nxt if nxt >= 0 else len(text)
@@ -159,7 +167,7 @@ def _parse_hermes(text: str) -> list[ParsedCall | ParseError]:
 
 # ---- bare JSON ---------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
+_FENCE = re.compile(r"^```(?:json|python|py)?\s*\n?(.*?)\n?```$", re.DOTALL)
 
 
 def _parse_json(text: str) -> list[ParsedCall | ParseError]:
@@ -177,10 +185,22 @@ def _parse_json(text: str) -> list[ParsedCall | ParseError]:
     except (json.JSONDecodeError, ValueError) as exc:
         return [ParseError(f"invalid JSON tool call: {exc}", span)]
     if isinstance(obj, list):
-        if not obj:
-            return []
-        return [_call_from_object(o, span) for o in obj]
+        return [_call_from_object(o, s) for o, s in zip(obj, _element_spans(stripped, offset))]
     return [_call_from_object(obj, span)]
+
+
+def _element_spans(array_text: str, offset: int) -> list[tuple[int, int]]:
+    """Spans of the elements of a JSON array already known to be valid, so each call points at itself."""
+    decoder, spans = json.JSONDecoder(), []
+    pos = 1  # after "["
+    while True:
+        while pos < len(array_text) and array_text[pos] in " \t\n\r,":
+            pos += 1
+        if pos >= len(array_text) or array_text[pos] == "]":
+            return spans
+        _, end = decoder.raw_decode(array_text, pos)
+        spans.append((offset + pos, offset + end))
+        pos = end
 
 
 # ---- python call syntax ------------------------------------------------------------------------
@@ -201,7 +221,7 @@ def _dotted_name(node: ast.AST) -> str | None:
 
 def _parse_python(text: str) -> list[ParsedCall | ParseError]:
     stripped = text.strip()
-    fence = _FENCE.match(stripped) or re.match(r"^```(?:python)?\s*\n?(.*?)\n?```$", stripped, re.DOTALL)
+    fence = _FENCE.match(stripped)
     if fence:
         stripped = fence.group(1).strip()
     if not _LOOKS_LIKE_CALL.match(stripped):
@@ -216,10 +236,18 @@ def _parse_python(text: str) -> list[ParsedCall | ParseError]:
         return [ParseError(f"invalid Python call syntax: {type(exc).__name__}: {exc}", span)]
     nodes = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
     results: list[ParsedCall | ParseError] = []
+    line_starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", stripped)]  # ast's idea of a line
+
+    def char_pos(lineno: int, col: int) -> int:
+        # ast columns count UTF-8 bytes; spans count characters
+        start = line_starts[min(lineno, len(line_starts)) - 1]
+        line = stripped[start : start + col]  # a byte offset is never below the char offset
+        return offset + start + len(line.encode("utf-8", "surrogatepass")[:col].decode("utf-8", "ignore"))
+
     for node in nodes:
         node_span = span
-        if hasattr(node, "col_offset") and getattr(node, "end_lineno", None) == 1 and node.lineno == 1:
-            node_span = (offset + node.col_offset, offset + node.end_col_offset)
+        if getattr(node, "end_lineno", None) is not None:
+            node_span = (char_pos(node.lineno, node.col_offset), char_pos(node.end_lineno, node.end_col_offset))
         if not isinstance(node, ast.Call):
             results.append(ParseError("expected a function call like f(a=1)", node_span))
             continue
@@ -235,6 +263,9 @@ def _parse_python(text: str) -> list[ParsedCall | ParseError]:
         for kw in node.keywords:
             if kw.arg is None:
                 error = f"{name}: **kwargs is not allowed"
+                break
+            if kw.arg in arguments:  # ast accepts f(a=1, a=2); Python itself would refuse it
+                error = f"{name}: argument {kw.arg!r} given twice"
                 break
             try:
                 value = ast.literal_eval(kw.value)

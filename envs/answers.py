@@ -44,16 +44,21 @@ def last_boxed(text: str) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
+    matches = list(_BOXED.finditer(text))
+    if not matches:
+        return None
+    # One pass pairs every brace; scanning forward from each \boxed{ would be quadratic on adversarial text.
+    close_of: dict[int, int] = {}
+    stack: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            close_of[stack.pop()] = i
+    for match in reversed(matches):
+        end = close_of.get(match.end() - 1)
+        if end is not None:
+            return text[match.end() : end].strip()
     return None
 
 

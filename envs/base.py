@@ -15,6 +15,7 @@ Writing an environment takes three pieces::
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +129,7 @@ class ChatToolEnv(gym.Env):
         if index is None:
             high = self.num_tasks if self.num_tasks is not None else INFINITE_INDEX_RANGE
             index = int(self.np_random.integers(high))
-        elif not isinstance(index, (int,)) or isinstance(index, bool) or index < 0 or (
+        elif not isinstance(index, numbers.Integral) or isinstance(index, bool) or index < 0 or (
             self.num_tasks is not None and index >= self.num_tasks
         ):
             valid = f"0..{self.num_tasks - 1}" if self.num_tasks is not None else "a non-negative int"

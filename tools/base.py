@@ -129,7 +129,9 @@ class Tool:
         if "error" in box:
             exc = box["error"]
             return ToolResult(False, self._cap(f"error: {type(exc).__name__}: {exc}"), "tool_error")
-        return ToolResult(True, self._cap(render_output(box.get("value"))))
+        text = self._cap(render_output(box.get("value")))
+        # A tool may report failure by returning "error: ..." instead of raising; count it as one.
+        return ToolResult(not text.startswith("error:"), text, "tool_error" if text.startswith("error:") else None)
 
     def _cap(self, text: str) -> str:
         if len(text) <= self.max_output_chars:

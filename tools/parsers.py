@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +112,7 @@ def _call_from_object(obj: Any, span: tuple[int, int]) -> ParsedCall | ParseErro
     arguments = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(arguments, str):  # OpenAI-style models often send arguments as a JSON string
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
+            arguments = json.loads(arguments, parse_constant=_no_constant) if arguments.strip() else {}
         except (ValueError, RecursionError) as exc:  # ValueError also covers ints over Python's digit limit
             return ParseError(f'"arguments" is a string that is not valid JSON: {exc}', span)
     if not isinstance(arguments, dict):
@@ -119,11 +120,16 @@ def _call_from_object(obj: Any, span: tuple[int, int]) -> ParsedCall | ParseErro
     return ParsedCall(name, arguments, span)
 
 
+def _no_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON; letting them through would put invalid JSON into trajectories.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _loads(payload: str) -> Any:
     if len(payload) > MAX_CALL_CHARS:
         raise ValueError(f"tool call too long ({len(payload)} chars, limit {MAX_CALL_CHARS})")
     try:
-        return json.loads(payload)
+        return json.loads(payload, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("tool call nested too deeply") from None
 
@@ -283,6 +289,8 @@ def _to_json_like(value: Any) -> Any:
         return [_to_json_like(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _to_json_like(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # inf/nan are not JSON
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)  # bytes, complex, Ellipsis: kept visible but never JSON-invalid

@@ -1,0 +1,334 @@
+"""The rollout collector: run N environments in lockstep against an engine, token-in/token-out.
+
+Each round generates one assistant turn for every active episode in one batched engine call, hands
+each turn's text to its environment, and appends the environment's messages as an observation
+segment (the chat-template delta, see :meth:`ChatRenderer.observation_ids`). An episode ends when its
+environment ends it, or when it hits the collector's turn limit (``max_turns``) or token budget
+(``max_tokens``, counted over the segments: the prompt is not included); both of the latter mark
+the trajectory ``truncated=True`` with reward 0: it is never silently shortened. A turn that
+reaches ``max_new_tokens`` without its end-of-turn token also ends the episode as truncated
+(the environment never sees an unfinished turn). When an episode ends, its environment takes the
+next task, so the batch stays full.
+
+A trajectory's ``turns`` counts the assistant turns generated (an unfinished last one included),
+``num_parse_errors`` the tool-call parse errors the environment reported over the episode.
+
+``view="student"`` generates from the student prompt with the student's weights; ``view="teacher"``
+from the teacher prompt (``env.teacher_messages``) with the teacher's weights. Both prompts are
+stored in every trajectory, which therefore has both views (see :class:`~pbsd_agents.trajectory.Trajectory`).
+
+Example:
+    >>> from pbsd_agents.loading import build_tiny_model, byte_tokenizer
+    >>> from pbsd_agents.models import Policy
+    >>> tok = byte_tokenizer()
+    >>> policy = Policy(build_tiny_model(tok, hidden_size=16, num_layers=1), tok, frozen_teacher=False)
+    >>> collector = Collector.for_policy(policy, progress=False)
+    >>> trajs = collector.collect("pbsd/MathCalc-v0", tasks=[0, 1], max_new_tokens=8, seed=0)
+    >>> [(t.task_id, t.source, t.truncated) for t in trajs]    # a random model does not finish its turn
+    [('mathcalc-train-0', 'student', True), ('mathcalc-train-1', 'student', True)]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import numbers
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+from .engines import Engine, Generation, SamplingParams
+from .trajectory import Segment, Trajectory
+
+__all__ = ["Collector", "Conversation"]
+
+VIEWS = ("student", "teacher")
+
+
+@dataclass
+class Conversation:
+    """The messages behind a trajectory: what the chat template renders into its two views."""
+
+    student_messages: list[dict]
+    teacher_messages: list[dict]
+    tools: list[dict]
+
+    def messages(self, view: str) -> list[dict]:
+        return self.student_messages if view == "student" else self.teacher_messages
+
+
+@dataclass
+class _Episode:
+    order: int  # position in the task list (results come back in this order)
+    env: Any
+    env_id: str
+    task_id: str
+    index: int | None
+    privileged: str
+    conv: Conversation
+    student_prompt_ids: list[int]
+    teacher_prompt_ids: list[int]
+    context: list[int]  # the generating view's ids so far (prompt + segments)
+    segments: list[Segment] = field(default_factory=list)
+    used: int = 0  # segment tokens so far (the token budget's count)
+    turns: int = 0
+    parse_errors: int = 0
+    reward: float = 0.0
+    success: bool = False
+    truncated: bool = False
+    done: bool = False
+
+
+def _task_spec(task) -> tuple[int | None, dict | None]:
+    """``(seed, options)`` for ``env.reset`` from an index, ``{"index": i, "seed": s}`` or None."""
+    if task is None:
+        return None, None
+    if isinstance(task, bool):
+        raise TypeError(f"a task is an index (int), a dict with 'index' and/or 'seed', or None; got {task!r}")
+    if isinstance(task, numbers.Integral):
+        return None, {"index": int(task)}
+    if isinstance(task, dict):
+        unknown = set(task) - {"index", "seed"}
+        if unknown:
+            raise ValueError(f"unknown task key(s) {sorted(unknown)}; valid: index, seed")
+        options = {"index": int(task["index"])} if task.get("index") is not None else None
+        return task.get("seed"), options
+    raise TypeError(f"a task is an index (int), a dict with 'index' and/or 'seed', or None; got {task!r}")
+
+
+class Collector:
+    """Collect trajectories from environments with an engine (see the module docstring).
+
+    Args:
+        engine: an :class:`~pbsd_agents.engines.Engine` (e.g. :class:`~pbsd_agents.engines.HFEngine`).
+        renderer: the :class:`~pbsd_agents.chat.ChatRenderer` of the engine's tokenizer.
+        num_envs: most episodes run at once (the generation batch); environments are made once per
+            env id and kwargs, and reused.
+        progress: show a tqdm progress bar (per finished trajectory).
+        before_collect: called at the start of each ``collect`` with the view (used to push the
+            student's current adapter to a vLLM engine).
+    """
+
+    def __init__(self, engine: Engine, renderer, *, num_envs: int = 64, progress: bool = True,
+                 before_collect: Callable[[str], None] | None = None):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.engine = engine
+        self.renderer = renderer
+        self.num_envs = num_envs
+        self.progress = progress
+        self.before_collect = before_collect
+        self._env_cache: dict[str, list] = {}
+
+    @classmethod
+    def for_policy(cls, policy, engine: str | Engine = "hf", *, batch_size: int = 64, num_envs: int | None = None,
+                   progress: bool = True, **engine_kwargs) -> "Collector":
+        """A collector for a :class:`~pbsd_agents.models.Policy` (from :func:`~pbsd_agents.loading.load_policy`).
+
+        ``engine`` is ``"hf"`` (default), ``"vllm"`` (experimental; the student is served from the
+        policy's LoRA adapter, pushed to vLLM at the start of every student collection) or an engine object.
+        """
+        from .chat import ChatRenderer
+
+        renderer = getattr(policy, "renderer", None) or ChatRenderer(policy.tokenizer)
+        before = None
+        if engine == "hf":
+            from .engines import HFEngine
+
+            engine = HFEngine(policy, batch_size=batch_size, stop_ids=renderer.stop_ids, **engine_kwargs)
+        elif engine == "vllm":
+            import warnings
+
+            from .engines import VLLMEngine
+
+            inner = policy.model.get_base_model() if policy.is_peft else policy.model
+            engine = VLLMEngine(inner.config._name_or_path, stop_ids=renderer.stop_ids, **engine_kwargs)
+            if policy.is_peft:
+                vllm_engine = engine
+
+                def before(view: str) -> None:
+                    if view == "student":
+                        vllm_engine.set_student_adapter(policy.model)
+            else:
+                warnings.warn("VLLMEngine serves the weights it loaded; updates to a fully fine-tuned policy are "
+                              "not seen by it (use LoRA, or engine='hf')", stacklevel=2)
+        elif isinstance(engine, str):
+            raise ValueError(f"unknown engine {engine!r}; valid choices: hf, vllm (or an engine object)")
+        return cls(engine, renderer, num_envs=num_envs or batch_size, progress=progress, before_collect=before)
+
+    # ---- environments --------------------------------------------------------------------------
+
+    def _envs(self, env, count: int, env_kwargs: dict | None) -> tuple[list, str]:
+        import gymnasium
+
+        if isinstance(env, str):
+            import pbsd_agents.envs  # noqa: F401  (registers the pbsd/ ids)
+
+            if env not in gymnasium.registry:
+                from pbsd_agents.envs import ENVIRONMENTS
+
+                raise ValueError(f"unknown env {env!r}; registered pbsd envs: {', '.join(ENVIRONMENTS)}")
+            key = env + json.dumps(env_kwargs or {}, sort_keys=True, default=str)
+            pool = self._env_cache.setdefault(key, [])
+            while len(pool) < count:
+                pool.append(gymnasium.make(env, **(env_kwargs or {})))
+            return pool[:count], env
+        if env_kwargs:
+            raise ValueError("env_kwargs only apply when the env is given by id")
+        envs = list(env) if isinstance(env, (list, tuple)) else [env]
+        if not envs:
+            raise ValueError("no environments given")
+        spec = getattr(envs[0], "spec", None)
+        env_id = spec.id if spec is not None else type(envs[0].unwrapped).__name__
+        return envs[:count], env_id
+
+    # ---- collection ----------------------------------------------------------------------------
+
+    def collect(self, env, tasks: Iterable, *, view: str = "student", sampling: SamplingParams | None = None,
+                temperature: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
+                max_turns: int | None = None, max_tokens: int = 4096, env_kwargs: dict | None = None,
+                progress: bool | None = None) -> list[Trajectory]:
+        """Run one episode per task and return the trajectories, in task order.
+
+        Args:
+            env: an env id (``"pbsd/ToolCall-v0"``; instances are made with ``env_kwargs`` and reused),
+                an env instance, or a list of instances (at most that many episodes run at once).
+            tasks: one entry per episode: a task index, ``{"index": i, "seed": s}``, or None (a random
+                task). The same index may appear several times (several samples of one task).
+            view: ``"student"`` or ``"teacher"``: which prompt and weights generate.
+            sampling: sampling settings; ``temperature``, ``max_new_tokens`` and ``seed`` override its fields.
+            max_turns: assistant turns per episode (None: the environment's own limit only).
+            max_tokens: token budget per trajectory, over the segments (the prompt is not counted).
+        """
+        return [t for t, _ in self.collect_with_conversations(
+            env, tasks, view=view, sampling=sampling, temperature=temperature, max_new_tokens=max_new_tokens,
+            seed=seed, max_turns=max_turns, max_tokens=max_tokens, env_kwargs=env_kwargs, progress=progress)]
+
+    def collect_with_conversations(self, env, tasks: Iterable, *, view: str = "student",
+                                   sampling: SamplingParams | None = None, temperature: float | None = None,
+                                   max_new_tokens: int | None = None, seed: int | None = None,
+                                   max_turns: int | None = None, max_tokens: int = 4096,
+                                   env_kwargs: dict | None = None,
+                                   progress: bool | None = None) -> list[tuple[Trajectory, Conversation]]:
+        """Like :meth:`collect`, with each trajectory's :class:`Conversation` (for re-rendering checks)."""
+        if view not in VIEWS:
+            raise ValueError(f"view must be 'student' or 'teacher', got {view!r}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if max_turns is not None and max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1 or None, got {max_turns}")
+        sampling = sampling or SamplingParams()
+        overrides = {k: v for k, v in (("temperature", temperature), ("max_new_tokens", max_new_tokens),
+                                       ("seed", seed)) if v is not None}
+        sampling = replace(sampling, **overrides)
+        specs = [_task_spec(t) for t in tasks]
+        if not specs:
+            return []
+        envs, env_id = self._envs(env, min(self.num_envs, len(specs)), env_kwargs)
+        if self.before_collect is not None:
+            self.before_collect(view)
+
+        from tqdm.auto import tqdm
+
+        show = self.progress if progress is None else progress
+        bar = tqdm(total=len(specs), desc=f"rollout ({view})", unit="traj", disable=not show, leave=False)
+        pending = deque(enumerate(specs))
+        free = deque(envs)
+        active: list[_Episode] = []
+        results: list[tuple[Trajectory, Conversation] | None] = [None] * len(specs)
+        generated = 0
+        round_no = 0
+        try:
+            while pending or active:
+                while pending and free:
+                    order, spec = pending.popleft()
+                    active.append(self._start(free.popleft(), env_id, order, spec, view))
+                round_no += 1
+                rows = [min(sampling.max_new_tokens, max_tokens - ep.used) for ep in active]
+                step_sampling = replace(sampling, max_new_tokens=max(rows))
+                if sampling.seed is not None:
+                    step_sampling = replace(step_sampling, seed=sampling.seed * 7919 + round_no)
+                gens = self.engine.generate([ep.context for ep in active], step_sampling, teacher=(view == "teacher"))
+                if len(gens) != len(active):
+                    raise RuntimeError(f"engine returned {len(gens)} generations for {len(active)} prompts")
+                still = []
+                for ep, gen, limit in zip(active, gens, rows):
+                    generated += min(len(gen.ids), limit)
+                    self._advance(ep, gen, limit, view, max_turns, max_tokens)
+                    if ep.done:
+                        results[ep.order] = self._finish(ep, view)
+                        free.append(ep.env)
+                        bar.update(1)
+                    else:
+                        still.append(ep)
+                active = still
+                bar.set_postfix(tokens=generated, active=len(active), refresh=False)
+        finally:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+    def _start(self, env, env_id: str, order: int, spec, view: str) -> _Episode:
+        seed, options = spec
+        obs, info = env.reset(seed=seed, options=options)
+        privileged = str(info.get("privileged", "") or "")
+        if privileged and any(privileged in str(m.get("content", "")) for m in obs):
+            raise ValueError(f"{env_id}: task {info.get('task_id')!r} shows its privileged text in the student messages")
+        tools = list(info.get("tools") or [])
+        student = copy.deepcopy(list(obs))
+        teacher = copy.deepcopy(list(env.unwrapped.teacher_messages(copy.deepcopy(obs), privileged)))
+        s_ids = self.renderer.prompt_ids(student, tools)
+        t_ids = self.renderer.prompt_ids(teacher, tools)
+        return _Episode(
+            order=order, env=env, env_id=env_id, task_id=str(info.get("task_id", order)), index=info.get("index"),
+            privileged=privileged, conv=Conversation(student, teacher, tools),
+            student_prompt_ids=s_ids, teacher_prompt_ids=t_ids, context=list(s_ids if view == "student" else t_ids),
+        )
+
+    def _advance(self, ep: _Episode, gen: Generation, limit: int, view: str, max_turns: int | None, max_tokens: int) -> None:
+        ids, logprobs, finished = list(gen.ids), list(gen.logprobs), gen.finished
+        if len(ids) > limit:  # this row's share of the batch's max_new_tokens (its budget) ran out
+            ids, logprobs, finished = ids[:limit], logprobs[:limit], False
+        text, ends_with_stop = self.renderer.assistant_text(ids)
+        if finished and not ends_with_stop:
+            raise RuntimeError("engine reported a finished turn that does not end with a stop id")
+        ep.segments.append(Segment("action", ids, logprobs, text))
+        ep.context.extend(ids)
+        ep.used += len(ids)
+        ep.turns += 1
+        if not finished:  # cut by max_new_tokens or the token budget: the env never sees half a turn
+            ep.truncated, ep.done = True, True
+            return
+        obs, reward, terminated, truncated, info = ep.env.step(text)
+        ep.parse_errors += int(info.get("num_parse_errors", 0) or 0)
+        turn = {"role": "assistant", "content": text}
+        ep.conv.student_messages.append(dict(turn))
+        ep.conv.teacher_messages.append(dict(turn))
+        if terminated or truncated:
+            ep.reward = float(reward)
+            ep.success = bool(info.get("success", reward >= 1.0))
+            ep.truncated = bool(truncated) and not terminated
+            ep.done = True
+            return
+        if max_turns is not None and ep.turns >= max_turns:
+            ep.truncated, ep.done = True, True
+            return
+        delta = self.renderer.observation_ids(ep.conv.messages(view), obs, ep.conv.tools)
+        if ep.used + len(delta) >= max_tokens:  # no room left for even one more action token
+            ep.truncated, ep.done = True, True
+            return
+        ep.segments.append(Segment("observation", delta, None, self.renderer.decode(delta)))
+        ep.context.extend(delta)
+        ep.used += len(delta)
+        ep.conv.student_messages.extend(copy.deepcopy(obs))
+        ep.conv.teacher_messages.extend(copy.deepcopy(obs))
+
+    @staticmethod
+    def _finish(ep: _Episode, view: str) -> tuple[Trajectory, Conversation]:
+        traj = Trajectory(
+            env_id=ep.env_id, task_id=ep.task_id, source=view, privileged=ep.privileged,
+            student_prompt_ids=ep.student_prompt_ids, teacher_prompt_ids=ep.teacher_prompt_ids,
+            segments=ep.segments, reward=ep.reward,
+            success=ep.success, turns=ep.turns, truncated=ep.truncated, num_parse_errors=ep.parse_errors,
+            index=ep.index,
+        )
+        return traj, ep.conv

@@ -137,7 +137,7 @@ def run_rollout(args: argparse.Namespace) -> int:
 
 # ---- wiring ------------------------------------------------------------------------------------
 
-# name -> (one-line help, add_arguments, run); the lead adds train/eval/export/plot here.
+# name -> (one-line help, add_arguments, run); train/eval/export/plot come from cli_train.
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "envs": ("list the registered pbsd/ environments", add_envs_arguments, run_envs),
     "rollout": ("collect trajectories with a model and write them as JSON lines", add_rollout_arguments, run_rollout),
@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train tool-using LLM agents by on-policy self-distillation (PBSD), and inspect their rollouts.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .cli_train import add_all
+
+    add_all(sub)  # train, eval, export, plot
     for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add_arguments(p)
@@ -166,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(run(args) or 0)
-    except CLIError as exc:
-        print(f"pbsd-agents {args.command}: error: {exc}", file=sys.stderr)
+    except (CLIError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        # Bad input is one line naming what is wrong, not a traceback.
+        msg = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        print(f"pbsd-agents {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pbsd-agents {args.command}: interrupted", file=sys.stderr)

@@ -1,0 +1,221 @@
+"""Build the embedded default model shipped in ``pbsd_agents/assets/default-model``.
+
+    python scripts/build_default_model.py            # rebuilds it reproducibly (seeded), ~10-15 min on 2 cores
+
+Steps, all seeded:
+1. A corpus of conversations from the procedural environments (ToolCall, MathCalc, Retail): student
+   and teacher views with the oracle's assistant turns and the real tool results.
+2. A byte-level BPE tokenizer trained on that corpus with ``tokenizers``. Digits are split one by
+   one, so a number tokenizes the same in a tool result and in an answer (DESIGN.md pitfall).
+3. A chat template with tools: compact tool signatures in the system turn, Hermes-style
+   ``<tool_call>`` calls, ``tool`` turns for results.
+4. A small Qwen2 model (~1-2 M parameters) warm-started by supervised fine-tuning on the oracle's
+   turns, mixing demonstrations with the privileged context (teacher view) and without it
+   (student view). Fewer student-view demonstrations leave the gap PBSD is there to close:
+   the teacher view should succeed far more often than the student view on held-out tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "pbsd_agents" / "assets" / "default-model"
+ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message.role != 'system' and tools %}"
+    "{{- '<|im_start|>system\\n' }}{{- render_tools(tools) }}{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content }}"
+    "{%- if loop.first and message.role == 'system' and tools %}{{- '\\n' }}{{- render_tools(tools) }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# Jinja macros must precede their use; the template is the macro + the body.
+TOOLS_MACRO = (
+    "{%- macro render_tools(tools) -%}"
+    "Tools:"
+    "{%- for tool in tools %}"
+    "{%- set f = tool.function if tool.function is defined else tool %}"
+    "{{- ' ' + f.name + '(' }}"
+    "{%- set props = f.parameters.properties if f.parameters is defined and f.parameters.properties is defined else {} %}"
+    "{%- set req = f.parameters.required if f.parameters is defined and f.parameters.required is defined else [] %}"
+    "{%- for k in props %}{{- k }}{%- if k not in req %}{{- '?' }}{%- endif %}{%- if not loop.last %}{{- ', ' }}{%- endif %}{%- endfor %}"
+    "{{- ')' }}{%- if not loop.last %}{{- ';' }}{%- endif %}"
+    "{%- endfor %}"
+    "{{- '\\nCall a tool with <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.' }}"
+    "{%- endmacro -%}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+ADDED = ["<tool_call>", "</tool_call>"]
+
+
+def corpus_episodes(env_id: str, n: int, seed: int):
+    """(student messages, teacher messages, tools, [(assistant text, observation messages)]) per task."""
+    import gymnasium
+
+    env = gymnasium.make(env_id)
+    rng = random.Random(seed)
+    for _ in range(n):
+        obs, info = env.reset(seed=rng.randrange(2**31))
+        teacher = env.unwrapped.teacher_messages(obs, info["privileged"])
+        turns = []
+        for action in env.unwrapped.oracle_actions():
+            new, reward, term, trunc, step_info = env.step(action)
+            turns.append((action, new))
+            if term or trunc:
+                break
+        yield obs, teacher, info["tools"], turns
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL + ADDED, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = TOOLS_MACRO + CHAT_TEMPLATE
+    fast.model_max_length = 2048
+    return fast
+
+
+def render_demo(renderer, messages, tools, turns) -> tuple[list[int], list[int]]:
+    """ids + action mask of one demonstration, built the way the collector builds trajectories."""
+    ids = renderer.prompt_ids(messages, tools)
+    mask = [0] * len(ids)
+    conv = list(messages)
+    for k, (action, new) in enumerate(turns):
+        a = renderer.encode(action) + [renderer.eot_id]
+        ids += a
+        mask += [1] * len(a)
+        conv = conv + [{"role": "assistant", "content": action}]
+        if new:
+            o = renderer.observation_ids(conv, new, tools)
+            ids += o
+            mask += [0] * len(o)
+            conv = conv + new
+    return ids, mask
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks-per-env", type=int, default=3000, help="demonstration tasks per environment")
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1500, help="SFT steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--student-frac", type=float, default=0.25, help="fraction of demonstrations in the student view")
+    p.add_argument("--eval-tasks", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (a GPU makes the build take ~2 minutes)")
+    args = p.parse_args(argv)
+
+    import pbsd_agents  # noqa: F401  (registers the envs)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from pbsd_agents.algorithms.scoring import action_logits
+    from pbsd_agents.chat import ChatRenderer
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    episodes = []
+    for k, env_id in enumerate(ENVS):
+        episodes += [(env_id, *e) for e in corpus_episodes(env_id, args.tasks_per_env, args.seed * 100 + k)]
+    print(f"corpus: {len(episodes)} episodes ({time.time() - t0:.0f}s)", flush=True)
+
+    texts = []
+    for _, student, teacher, tools, turns in episodes[:: max(1, len(episodes) // 3000)]:
+        for msgs in (student, teacher):
+            texts.append("\n".join(m["content"] for m in msgs) + "\n" + "\n".join(a + "\n" + "\n".join(o["content"] for o in new) for a, new in turns))
+    tokenizer = train_tokenizer(texts, args.vocab_size)
+    renderer = ChatRenderer(tokenizer)
+    print(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.0f}s)", flush=True)
+
+    rng = random.Random(args.seed)
+    data = []
+    for env_id, student, teacher, tools, turns in episodes:
+        view = student if rng.random() < args.student_frac else teacher
+        data.append(render_demo(renderer, view, tools, turns))
+    lengths = [len(ids) for ids, _ in data]
+    print(f"demos: {len(data)}, mean length {sum(lengths) / len(lengths):.0f} tokens, max {max(lengths)}", flush=True)
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+        num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
+    )
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = Qwen2ForCausalLM(config).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    model.train()
+    for step in range(1, args.steps + 1):
+        batch = [data[rng.randrange(len(data))] for _ in range(args.batch)]
+        out = action_logits(model, batch, pad_id=tokenizer.pad_token_id)
+        loss = -out.token_logprobs().mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == 1:
+            print(f"sft step {step}/{args.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.to("cpu").save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    (args.out / "BUILD.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "params": n_params}, indent=2))
+    print(f"saved to {args.out} ({time.time() - t0:.0f}s)", flush=True)
+
+    from pbsd_agents.loading import load_policy
+    from pbsd_agents.rollout import Collector
+
+    policy = load_policy(str(args.out), device=device, dtype="float32")
+    collector = Collector.for_policy(policy, progress=False)
+    gap = {}
+    for env_id in ENVS:
+        row = {}
+        for view in ("student", "teacher"):
+            trajs = collector.collect(env_id, list(range(args.eval_tasks)), env_kwargs={"split": "test"}, view=view,
+                                      temperature=0.0, max_new_tokens=96, max_tokens=512)
+            row[view] = sum(t.success for t in trajs) / len(trajs)
+        gap[env_id] = row
+        print(f"{env_id}: held-out greedy success student {row['student']:.2f}, teacher {row['teacher']:.2f}", flush=True)
+    (args.out / "BUILD.json").write_text(json.dumps({**json.loads((args.out / "BUILD.json").read_text()), "gap": gap}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

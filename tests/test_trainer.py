@@ -115,3 +115,30 @@ def test_kill_9_then_resume_continues_the_same_run(tiny_model, tmp_path):
     assert [m["trajectories"] for m in ref_metrics] == traj
     for a, b in zip(ref_metrics, metrics):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+
+
+def test_lora_run_then_eval_and_merged_export(tiny_model, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    Trainer(small(tiny_model, out, steps=1, lora_r=2, algo_args={"teacher_refresh": 1})).train()
+    ckpt = out / "checkpoints" / "step_000001"
+    assert (ckpt / "adapter_config.json").exists()
+    merged = tmp_path / "merged"
+    assert cli_main(["export", str(ckpt), "--out", str(merged), "--merge"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(merged)  # plain transformers, no peft
+    assert not hasattr(model, "peft_config")
+    capsys.readouterr()
+    assert cli_main(["eval", "--model", str(ckpt), "--env", "pbsd/MathCalc-v0", "--n", "2", "--max-new-tokens", "8",
+                     "--max-tokens", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 2 and 0.0 <= result["success"] <= 1.0
+
+
+def test_bfcl_task_categories():
+    from pbsd_agents.cli_train import task_category
+
+    assert task_category("pbsd/BFCL-v0", "simple_12") == "simple"
+    assert task_category("pbsd/BFCL-v0", "parallel_multiple_3") == "parallel_multiple"
+    assert task_category("pbsd/BFCL-v0", "live_simple_3-1-0") == "live_simple"
+    assert task_category("pbsd/ToolCall-v0", "x_1") == "all"

@@ -16,6 +16,7 @@ without gradient.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -84,12 +85,14 @@ class OPSD(Algorithm):
             return None, metrics
         with policy.student() as model:
             s = action_logits(model, [t.student_view() for t in trajs], self.pad_id)
+        t0 = time.perf_counter()
         with torch.no_grad():
             if cfg.teacher == "frozen":
                 with policy.teacher() as teacher:
                     t = action_logits(teacher, [t.teacher_view() for t in trajs], self.pad_id)
             else:
                 t = action_logits(policy.model, [t.teacher_view() for t in trajs], self.pad_id)
+        metrics["teacher_score_s"] = time.perf_counter() - t0
         s_logits, t_logits = s.logits, t.logits
         if cfg.top_k:
             idx = torch.topk(t_logits, min(cfg.top_k, t_logits.shape[-1]), dim=-1).indices

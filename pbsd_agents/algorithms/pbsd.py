@@ -34,6 +34,7 @@ one pair with the largest per-token gap log π_θ − log π_T.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -109,8 +110,10 @@ class PBSD(Algorithm):
         trajs = [t for pair in pairs for t in pair]  # pos0, neg0, pos1, neg1, ...
         with policy.student() as model:
             lp_student, tok_student = sequence_logprobs(model, [t.student_view() for t in trajs], self.pad_id)
+        t0 = time.perf_counter()
         with torch.no_grad(), policy.teacher() as teacher:
             lp_teacher, tok_teacher = sequence_logprobs(teacher, [t.teacher_view() for t in trajs], self.pad_id)
+        metrics["teacher_score_s"] = time.perf_counter() - t0
         h = lp_student - lp_teacher
         if cfg.length_normalize:
             h = h / torch.tensor([t.num_action_tokens for t in trajs], dtype=h.dtype, device=h.device)

@@ -271,7 +271,7 @@ def section_trl(args, tok) -> dict:
         from trl import DPOConfig, DPOTrainer
     except ImportError as exc:
         trl = None
-        result["trl_error"] = f"trl not importable ({exc}); `pip install trl`"
+        result["trl_error"] = f"trl not importable ({exc}); `pip install -e '.[bench]'` (trl~=1.16.0)"
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-trl-")
     trainer = None
@@ -619,7 +619,10 @@ def report_memory(r: dict, sizes: Sizes) -> str:
     out.append(f"**Full / LoRA: {fu['peak_mb'] / lo['peak_mb']:.2f}× peak RSS, {d_fu / d_lo:.2f}× above the import baseline.** "
                "Full fine-tuning holds two copies of the weights (student + frozen teacher), their gradients and two AdamW "
                "moments; LoRA holds one copy and the adapters' gradients and moments. With this model's 151k-token tied "
-               "embedding most weights sit in the embedding, which LoRA does not train.")
+               "embedding most weights sit in the embedding, which LoRA does not train. Peak − setup, what the updates "
+               "add (activations, the `[action tokens × vocab]` logits and their log-softmax for both views, gradients, "
+               f"and the AdamW state created at the first step): LoRA {lo['peak_mb'] - lo['rss_setup_mb']:.0f} MB, "
+               f"full {fu['peak_mb'] - fu['rss_setup_mb']:.0f} MB.")
     out.append("")
     return "\n".join(out)
 

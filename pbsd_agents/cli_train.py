@@ -25,6 +25,7 @@ HELP = {
     "lora_alpha": "LoRA alpha (0 = 2 x rank)",
     "steps": "optimizer steps (ignored when --max-trajectories is set)",
     "max_trajectories": "budget in sampled trajectories, teacher samples included (0 = use --steps)",
+    "max_wall_s": "stop training after this many seconds (0 = no limit); evaluation and the final checkpoint still run",
     "tasks_per_step": "tasks sampled per step",
     "temperature": "student sampling temperature (the teacher's too unless the algorithm overrides it)",
     "max_new_tokens": "tokens per assistant turn",

@@ -48,6 +48,7 @@ class TrainConfig:
     lora_alpha: int = 0  # 0 = 2 * lora_r
     steps: int = 100
     max_trajectories: int = 0  # budget in sampled trajectories (teacher samples count); 0 = use steps
+    max_wall_s: float = 0.0  # stop after this many seconds of training (0 = no limit); the run still ends normally
     tasks_per_step: int = 8
     temperature: float = 1.0
     max_new_tokens: int = 96  # per assistant turn
@@ -178,11 +179,15 @@ class Trainer:
             eval_before = self.evaluate()
             self._log("eval.jsonl", eval_before)
         self._print(f"held-out success before training: {_fmt_eval(eval_before)}")
+        t_train = time.time()
         budget = cfg.max_trajectories or math.inf
         total = cfg.steps if not cfg.max_trajectories else None
         bar = _progress(total, cfg.progress and total is not None, initial=self.step)
         last_eval = eval_before
         while (cfg.max_trajectories and self.trajectories < budget) or (not cfg.max_trajectories and self.step < cfg.steps):
+            if cfg.max_wall_s and time.time() - t_train > cfg.max_wall_s:
+                self._print(f"stopping at step {self.step}: --max-wall-s {cfg.max_wall_s:g} reached")
+                break
             row = self.train_step()
             self._log("metrics.jsonl", row)
             if writer:

@@ -178,8 +178,11 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     model.train()
+    by_length = sorted(range(len(data)), key=lambda i: len(data[i][0]))
     for step in range(1, args.steps + 1):
-        batch = [data[rng.randrange(len(data))] for _ in range(args.batch)]
+        # Neighbours in length order: a batch pads to nearly its own length instead of the longest demo.
+        start = rng.randrange(max(1, len(by_length) - args.batch))
+        batch = [data[i] for i in by_length[start : start + args.batch]]
         out = action_logits(model, batch, pad_id=tokenizer.pad_token_id)
         loss = -out.token_logprobs().mean()
         opt.zero_grad()
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == 1:
+        if step % 25 == 0 or step == 1:
             print(f"sft step {step}/{args.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
     policy = load_policy(str(args.out), device=device, dtype="float32")
     collector = Collector.for_policy(policy, progress=False)
     gap = {}
-    for env_id in ENVS:
+    for env_id in ENVS if args.eval_tasks else ():
         row = {}
         for view in ("student", "teacher"):
             trajs = collector.collect(env_id, list(range(args.eval_tasks)), env_kwargs={"split": "test"}, view=view,

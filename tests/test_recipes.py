@@ -1,0 +1,43 @@
+"""Training recipes and the method comparison: configs are valid; --quick runs (slow)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pbsd_agents.trainer import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "scripts" / "recipes").glob("*.yaml"))
+
+
+def test_there_is_a_recipe_per_benchmark_env():
+    envs = {yaml.safe_load(p.read_text())["env"] for p in RECIPES}
+    assert envs == {"pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0", "pbsd/BFCL-v0", "pbsd/GSM8K-v0",
+                    "pbsd/TauRetail-v0"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_is_a_valid_train_config(path):
+    TrainConfig.from_dict(yaml.safe_load(path.read_text())).validate()
+
+
+@pytest.mark.slow
+def test_compare_methods_quick(tmp_path):
+    from pbsd_agents.presets import resolve_model
+
+    try:
+        resolve_model("default")
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_methods.py"), "--quick",
+                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for method in ("PBSD", "PBSD+", "OPSD", "GRPO", "RFT", "SeqKD"):
+        assert f"| {method} |" in text
+    assert (tmp_path / "compare_ToolCall-v0.png").exists()

@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--student-frac", type=float, default=0.25, help="fraction of demonstrations in the student view")
     p.add_argument("--eval-tasks", type=int, default=64)
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue SFT from this model folder (its tokenizer is kept) instead of starting fresh")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (a GPU makes the build take ~2 minutes)")
     args = p.parse_args(argv)
 
@@ -153,7 +155,12 @@ def main(argv=None) -> int:
     for _, student, teacher, tools, turns in episodes[:: max(1, len(episodes) // 3000)]:
         for msgs in (student, teacher):
             texts.append("\n".join(m["content"] for m in msgs) + "\n" + "\n".join(a + "\n" + "\n".join(o["content"] for o in new) for a, new in turns))
-    tokenizer = train_tokenizer(texts, args.vocab_size)
+    if args.init:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+    else:
+        tokenizer = train_tokenizer(texts, args.vocab_size)
     renderer = ChatRenderer(tokenizer)
     print(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.0f}s)", flush=True)
 
@@ -172,7 +179,7 @@ def main(argv=None) -> int:
         pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
     )
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Qwen2ForCausalLM(config).to(device)
+    model = (Qwen2ForCausalLM.from_pretrained(args.init) if args.init else Qwen2ForCausalLM(config)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)

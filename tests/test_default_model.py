@@ -1,0 +1,48 @@
+"""The embedded default model: shipped files load, size limits, and the teacher/student gap it leaves for PBSD."""
+
+from pathlib import Path
+
+import pytest
+
+ASSET = Path(__file__).resolve().parents[1] / "pbsd_agents" / "assets" / "default-model"
+pytestmark = pytest.mark.skipif(not (ASSET / "config.json").exists(), reason=f"no embedded model at {ASSET}")
+
+
+@pytest.fixture(scope="module")
+def collector():
+    from pbsd_agents.loading import load_policy
+    from pbsd_agents.rollout import Collector
+
+    return Collector.for_policy(load_policy("default", device="cpu"), progress=False)
+
+
+def test_shipped_files_are_small_and_load(collector):
+    size = sum(f.stat().st_size for f in ASSET.rglob("*") if f.is_file())
+    assert size <= 10 * 2**20, f"embedded model is {size / 2**20:.1f} MB"
+    model = collector.engine.policy.model
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 <= n <= 3e6
+    assert model.config.model_type in ("qwen2", "llama")
+    tok = collector.engine.policy.tokenizer
+    assert tok.tokenize("816") == tok.tokenize(" 816")[1:]  # digits one by one: results tokenize like answers
+
+
+def _gap(collector, env_id, n):
+    out = {}
+    for view in ("student", "teacher"):
+        trajs = collector.collect(env_id, list(range(n)), env_kwargs={"split": "test"}, view=view, temperature=0.0,
+                                  max_new_tokens=96, max_tokens=512)
+        out[view] = sum(t.success for t in trajs) / n
+    return out
+
+
+def test_teacher_view_beats_student_view_on_toolcall(collector):
+    gap = _gap(collector, "pbsd/ToolCall-v0", 32)
+    assert gap["teacher"] >= gap["student"] + 0.15, gap
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0"])
+def test_gap_on_every_procedural_env(collector, env_id):
+    gap = _gap(collector, env_id, 64)
+    assert gap["teacher"] > gap["student"], gap

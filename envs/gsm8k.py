@@ -174,7 +174,6 @@ class GSM8KEnv(ChatToolEnv):
         (1.0, True)
     """
 
-
     def __init__(
         self,
         data_path: str | os.PathLike | None = None,

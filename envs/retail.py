@@ -420,7 +420,6 @@ class RetailEnv(ChatToolEnv):
         (1.0, True)
     """
 
-
     def __init__(
         self,
         split: str = "train",

@@ -310,7 +310,7 @@ class Trainer:
         self.scheduler.step()
         return total, _avg(metrics) | {"grad_norm": grad_norm.item()}, False
 
-    def _collect(self, tasks: list[int], per_task: int, view: str, temperature: float, env_kwargs: dict, split_seed: int = 0):
+    def _collect(self, tasks: list[int], per_task: int, view: str, temperature: float, env_kwargs: dict):
         cfg = self.config
         indices = [i for i in tasks for _ in range(per_task)]
         return self.collector.collect(

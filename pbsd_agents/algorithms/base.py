@@ -47,6 +47,11 @@ class Batch:
         return [t for g in self.groups for t in g.student + g.teacher]
 
 
+def mean_reward(trajectories: list[Trajectory]) -> float:
+    """Mean environment reward of some trajectories (0.0 for none); every algorithm logs it."""
+    return sum(t.reward for t in trajectories) / len(trajectories) if trajectories else 0.0
+
+
 class Algorithm:
     """Base class: subclasses set ``name``, take a config dataclass, implement ``plan`` and ``loss``.
 

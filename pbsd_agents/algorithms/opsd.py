@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import Policy
-from .base import Algorithm, Batch, CollectPlan
+from .base import Algorithm, Batch, CollectPlan, mean_reward
 from .scoring import action_logits
 
 TEACHERS = ("frozen", "live")
@@ -80,7 +80,7 @@ class OPSD(Algorithm):
     def loss(self, batch: Batch, policy: Policy):
         cfg = self.config
         trajs = [t for g in batch.groups for t in g.student if t.num_action_tokens]
-        metrics: dict = {"student_reward": _mean([t.reward for g in batch.groups for t in g.student])}
+        metrics: dict = {"student_reward": mean_reward([t for g in batch.groups for t in g.student])}
         if not trajs:
             return None, metrics
         with policy.student() as model:
@@ -103,7 +103,3 @@ class OPSD(Algorithm):
             metrics["clipped_frac"] = (div > cfg.clip).float().mean().item()
             div = div.clamp(max=cfg.clip)
         return div.mean(), metrics
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0

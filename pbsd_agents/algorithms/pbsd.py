@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import Policy
-from .base import Algorithm, Batch, CollectPlan
+from .base import Algorithm, Batch, CollectPlan, mean_reward
 from .scoring import sequence_logprobs
 
 PAIR_FILTERS = ("none", "verifier")
@@ -100,8 +100,8 @@ class PBSD(Algorithm):
         cfg = self.config
         teacher_samples = [t for g in batch.groups for t in g.teacher]
         metrics: dict = {
-            "teacher_reward": sum(t.reward for t in teacher_samples) / max(len(teacher_samples), 1),
-            "student_reward": _mean([t.reward for g in batch.groups for t in g.student]),
+            "teacher_reward": mean_reward(teacher_samples),
+            "student_reward": mean_reward([t for g in batch.groups for t in g.student]),
         }
         pairs = [(p, n) for p, n in self.pairs(batch) if p.num_action_tokens and n.num_action_tokens]
         metrics["num_pairs"] = len(pairs)
@@ -149,7 +149,3 @@ def _gap_text(tokenizer, ids: list[int], gaps: torch.Tensor, k: int = 5) -> str:
     k = min(k, len(ids))
     top = torch.topk(gaps.abs(), k).indices.tolist()
     return " ".join(f"{tokenizer.decode([ids[i]])!r}({gaps[i].item():+.2f})" for i in sorted(top))
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0

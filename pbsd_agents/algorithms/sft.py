@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import Policy
-from .base import Algorithm, Batch, CollectPlan
+from .base import Algorithm, Batch, CollectPlan, mean_reward
 from .scoring import action_logits
 
 
@@ -43,7 +43,7 @@ class SFT(Algorithm):
         teacher = [t for g in batch.groups for t in g.teacher]
         used = self.select(batch)
         metrics: dict = {
-            "teacher_reward": sum(t.reward for t in teacher) / max(len(teacher), 1),
+            "teacher_reward": mean_reward(teacher),
             "num_used": len(used),
         }
         if not used:

@@ -136,7 +136,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--env-arg", action="append", metavar="K=V", default=[], help="env constructor argument (repeatable)")
     p.add_argument("--pass-k", type=int, default=0, help="also sample k per task at --temperature for pass@k")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--view", choices=("student", "teacher"), default="student")
     p.add_argument("--out", default=None, help="also write the trajectories to this JSONL file")

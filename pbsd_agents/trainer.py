@@ -51,7 +51,7 @@ class TrainConfig:
     max_wall_s: float = 0.0  # stop after this many seconds of training (0 = no limit); the run still ends normally
     tasks_per_step: int = 8
     temperature: float = 1.0
-    max_new_tokens: int = 96  # per assistant turn
+    max_new_tokens: int = 160  # per assistant turn (three parallel calls of the embedded model take ~130)
     max_tokens: int = 512  # per trajectory (prompt excluded); longer is cut and marked truncated
     lr: float = 1e-4
     weight_decay: float = 0.0

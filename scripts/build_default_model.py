@@ -9,8 +9,13 @@ Steps, all seeded:
    one, so a number tokenizes the same in a tool result and in an answer (DESIGN.md pitfall).
 3. A chat template with tools: compact tool signatures in the system turn, Hermes-style
    ``<tool_call>`` calls, ``tool`` turns for results.
-4. A small Qwen2 model (~1-2 M parameters) warm-started by supervised fine-tuning on the oracle's
-   turns, mixing demonstrations with the privileged context (teacher view) and without it
+4. A small Qwen2 model (~1-2 M parameters). One attention head of the first layer starts as a
+   previous-token head (its RoPE phases set so position t attends to t-1), and a short warm-up on
+   copying random token strings turns it into an induction circuit: every argument value the agent
+   writes is copied from the question, a tool result or the privileged context, and a 1 M model on
+   2 CPU cores does not find that circuit by itself within the build budget (random-string copy
+   accuracy stayed at 0.1 after 1,000 steps without the init, 0.96 after 400 steps with it).
+5. Supervised fine-tuning on the oracle's turns, mixing demonstrations with the privileged context (teacher view) and without it
    (student view). Fewer student-view demonstrations leave the gap PBSD is there to close:
    the teacher view should succeed far more often than the student view on held-out tasks.
 """
@@ -29,6 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "pbsd_agents" / "assets" / "default-model"
 ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
+# Share of each env's demonstrations shown in the student view. Measured: with 35% everywhere the
+# student view learned MathCalc's 11 templates (0.97 held-out, no gap left) while Retail stayed at 0.05.
+STUDENT_FRAC = {"pbsd/ToolCall-v0": 0.25, "pbsd/MathCalc-v0": 0.03, "pbsd/Retail-v0": 0.45}
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -101,6 +109,50 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
+# LP-optimal weights of the 8 fastest RoPE frequencies: attention at distance 1 beats every other
+# distance up to 4096 by 0.175 per unit of total weight (solved once with scipy.optimize.linprog).
+_PREV_TOKEN_WEIGHTS = (0.357, 0.032, 0.033, 0.251, 0.046, 0.159, 0.069, 0.052)
+
+
+def previous_token_init(model, layer: int = 0, head: int = 0, margin: float = 8.0) -> None:
+    """Make one head attend from every position to the one before it, via the q/k biases alone.
+
+    With RoPE, q_t . k_s = sum_i |q_i||k_i| cos(theta_i (t - s) + phase_i); choosing phase_i = -theta_i
+    puts the maximum of every term at t - s = 1, and ``margin`` nats separate it from any other distance.
+    """
+    import math
+
+    cfg = model.config
+    attn = model.model.layers[layer].self_attn
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    theta = cfg.rope_parameters["rope_theta"]
+    kv = head // (cfg.num_attention_heads // cfg.num_key_value_heads)
+    q_rows, k_rows = slice(head * hd, (head + 1) * hd), slice(kv * hd, (kv + 1) * hd)
+    q_bias, k_bias = torch.zeros(hd), torch.zeros(hd)
+    for i, w in enumerate(_PREV_TOKEN_WEIGHTS):
+        freq = theta ** (-2 * i / hd)
+        r = math.sqrt(w * margin / 0.175 * math.sqrt(hd))
+        k_bias[i] = r
+        q_bias[i], q_bias[i + hd // 2] = r * math.cos(freq), -r * math.sin(freq)
+    with torch.no_grad():
+        attn.q_proj.weight[q_rows] = 0
+        attn.k_proj.weight[k_rows] = 0
+        attn.q_proj.bias[q_rows] = q_bias
+        attn.k_proj.bias[k_rows] = k_bias
+
+
+def copy_demo(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
+    """A user turn holding a random token string and an assistant turn repeating it (the loss is on the repeat).
+
+    Nothing else in the user turn: random filler before the string delays the circuit several-fold.
+    """
+    low = len(SPECIAL) + len(ADDED)
+    x = [rng.randrange(low, len(tokenizer)) for _ in range(rng.randint(8, 48))]
+    start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    prompt = [start, *tokenizer.encode("user\n"), *x, end, start, *tokenizer.encode("assistant\n")]
+    return prompt + x + [end], [0] * len(prompt) + [1] * (len(x) + 1)
+
+
 def render_demo(renderer, messages, tools, turns) -> tuple[list[int], list[int]]:
     """ids + action mask of one demonstration, built the way the collector builds trajectories."""
     ids = renderer.prompt_ids(messages, tools)
@@ -123,14 +175,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tasks-per-env", type=int, default=3000, help="demonstration tasks per environment")
+    p.add_argument("--tasks-per-env", type=int, default=8000,
+                   help="demonstration tasks per environment (enough that SFT sees each about once: repeats get memorised)")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--steps", type=int, default=1500, help="SFT steps")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--copy-steps", type=int, default=1000, help="most warm-up steps on copying random token strings")
+    p.add_argument("--steps", type=int, default=2000, help="SFT steps")
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--student-frac", type=float, default=0.25, help="fraction of demonstrations in the student view")
+    p.add_argument("--student-frac", type=float, default=None,
+                   help="fraction of demonstrations in the student view, for every env (default: STUDENT_FRAC per env)")
+    p.add_argument("--copy-frac", type=float, default=0.125,
+                   help="share of every SFT batch that is a random-string copy demo (keeps copying ahead of memorised values)")
     p.add_argument("--eval-tasks", type=int, default=64)
     p.add_argument("--init", type=Path, default=None,
                    help="continue SFT from this model folder (its tokenizer is kept) instead of starting fresh")
@@ -167,21 +224,45 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     data = []
     for env_id, student, teacher, tools, turns in episodes:
-        view = student if rng.random() < args.student_frac else teacher
+        frac = STUDENT_FRAC[env_id] if args.student_frac is None else args.student_frac
+        view = student if rng.random() < frac else teacher
         data.append(render_demo(renderer, view, tools, turns))
     lengths = [len(ids) for ids, _ in data]
     print(f"demos: {len(data)}, mean length {sum(lengths) / len(lengths):.0f} tokens, max {max(lengths)}", flush=True)
 
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
+        # Larger than the 0.02 default: with 0.02 the attention logits start ~0.05 and sit on a plateau.
+        initializer_range=0.05,
     )
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = (Qwen2ForCausalLM.from_pretrained(args.init) if args.init else Qwen2ForCausalLM(config)).to(device)
+    if args.init:
+        model = Qwen2ForCausalLM.from_pretrained(args.init)
+    else:
+        model = Qwen2ForCausalLM(config)
+        previous_token_init(model)
+    model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 50))
+    for step in range(1, args.copy_steps + 1):
+        out = action_logits(model, [copy_demo(tokenizer, rng) for _ in range(32)], pad_id=tokenizer.pad_token_id)
+        loss = -out.token_logprobs().mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        warmup.step()
+        if step % 50 == 0:
+            accuracy = (out.logits.argmax(-1) == out.targets).float().mean().item()
+            print(f"copy step {step}/{args.copy_steps} loss {loss.item():.3f} accuracy {accuracy:.2f} ({time.time() - t0:.0f}s)", flush=True)
+            if accuracy > 0.95:
+                break
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     model.train()
@@ -189,7 +270,9 @@ def main(argv=None) -> int:
     for step in range(1, args.steps + 1):
         # Neighbours in length order: a batch pads to nearly its own length instead of the longest demo.
         start = rng.randrange(max(1, len(by_length) - args.batch))
-        batch = [data[i] for i in by_length[start : start + args.batch]]
+        n_copy = round(args.batch * args.copy_frac)
+        batch = [data[i] for i in by_length[start : start + args.batch - n_copy]]
+        batch += [copy_demo(tokenizer, rng) for _ in range(n_copy)]
         out = action_logits(model, batch, pad_id=tokenizer.pad_token_id)
         loss = -out.token_logprobs().mean()
         opt.zero_grad()
@@ -206,7 +289,7 @@ def main(argv=None) -> int:
     model.generation_config.eos_token_id = config.eos_token_id
     model.to("cpu").save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    (args.out / "BUILD.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "params": n_params}, indent=2))
+    (args.out / "BUILD.json").write_text(json.dumps({**{k: (str(v.resolve().relative_to(ROOT)) if v.resolve().is_relative_to(ROOT) else str(v)) if isinstance(v, Path) else v for k, v in vars(args).items()}, "params": n_params}, indent=2))
     print(f"saved to {args.out} ({time.time() - t0:.0f}s)", flush=True)
 
     from pbsd_agents.loading import load_policy
@@ -219,7 +302,7 @@ def main(argv=None) -> int:
         row = {}
         for view in ("student", "teacher"):
             trajs = collector.collect(env_id, list(range(args.eval_tasks)), env_kwargs={"split": "test"}, view=view,
-                                      temperature=0.0, max_new_tokens=96, max_tokens=512)
+                                      temperature=0.0, max_new_tokens=160, max_tokens=512)
             row[view] = sum(t.success for t in trajs) / len(trajs)
         gap[env_id] = row
         print(f"{env_id}: held-out greedy success student {row['student']:.2f}, teacher {row['teacher']:.2f}", flush=True)

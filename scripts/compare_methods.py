@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=8, help="steps between evaluations")
     p.add_argument("--eval-tasks", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")

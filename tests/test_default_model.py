@@ -31,7 +31,7 @@ def _gap(collector, env_id, n):
     out = {}
     for view in ("student", "teacher"):
         trajs = collector.collect(env_id, list(range(n)), env_kwargs={"split": "test"}, view=view, temperature=0.0,
-                                  max_new_tokens=96, max_tokens=512)
+                                  max_new_tokens=160, max_tokens=512)
         out[view] = sum(t.success for t in trajs) / n
     return out
 

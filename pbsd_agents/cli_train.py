@@ -112,9 +112,17 @@ def build_config(args: argparse.Namespace):
     return TrainConfig.from_dict(values)
 
 
+def _quiet_transformers() -> None:
+    """transformers' own bars for loading and saving weights would cut through the kit's progress bars."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
+    _quiet_transformers()
     config = build_config(args)
     summary = Trainer(config).train()
     before, after = summary["eval_before"]["success"], summary["eval_after"]["success"]
@@ -147,6 +155,7 @@ def add_eval_parser(sub) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import gymnasium
 
+    _quiet_transformers()
     from .rollout import Collector
     from .trajectory import save_jsonl
 

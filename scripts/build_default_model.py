@@ -1,6 +1,6 @@
 """Build the embedded default model shipped in ``pbsd_agents/assets/default-model``.
 
-    python scripts/build_default_model.py            # rebuilds it reproducibly (seeded), ~10-15 min on 2 cores
+    python scripts/build_default_model.py            # rebuilds it reproducibly (seeded), ~25 min on 2 cores
 
 Steps, all seeded:
 1. A corpus of conversations from the procedural environments (ToolCall, MathCalc, Retail): student
@@ -15,9 +15,12 @@ Steps, all seeded:
    writes is copied from the question, a tool result or the privileged context, and a 1 M model on
    2 CPU cores does not find that circuit by itself within the build budget (random-string copy
    accuracy stayed at 0.1 after 1,000 steps without the init, 0.96 after 400 steps with it).
-5. Supervised fine-tuning on the oracle's turns, mixing demonstrations with the privileged context (teacher view) and without it
-   (student view). Fewer student-view demonstrations leave the gap PBSD is there to close:
-   the teacher view should succeed far more often than the student view on held-out tasks.
+5. Supervised fine-tuning on fresh oracle demonstrations (each seen about once), mixing the teacher
+   view (privileged context shown) with a per-env share of student-view ones (STUDENT_FRAC), plus a
+   few copy demos in every batch. Fewer student-view demonstrations leave the gap PBSD is there to
+   close: the teacher view succeeds far more often than the student view on held-out tasks.
+   Shipped build (64 held-out tasks, greedy): ToolCall student 0.14 / teacher 0.81, MathCalc
+   0.00 / 1.00, Retail 0.03 / 0.55.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def run_one(env: str, lr: float, beta: float, seed: int, args, path: Path) -> di
 
     base = TrainConfig()
     cfg = dataclasses.replace(
-        base, env=env, lr=lr, algo_args={**base.algo_args, "beta": beta}, seed=seed, out=str(path.with_suffix("")),
+        base, env=env, lr=lr, algo_args={**base.algo_args, **args.extra, "beta": beta}, seed=seed, out=str(path.with_suffix("")),
         max_wall_s=args.max_wall_s or base.max_wall_s, progress=False, save_every=0, keep_last=1,
         **({"steps": args.steps} if args.steps else {}),
     )
@@ -45,10 +45,16 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (0: the train default)")
     p.add_argument("--max-wall-s", type=float, default=0, help="training wall-clock cap per run (0: the train default)")
+    p.add_argument("--algo-arg", action="append", default=[], metavar="K=V", help="extra PBSD option for every run (repeatable)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweep")
     args = p.parse_args(argv)
 
+    import yaml
+
     import pbsd_agents  # noqa: F401
+
+    args.extra = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.algo_arg)}
+    tag = "".join(f"__{k}{v}" for k, v in sorted(args.extra.items()))
     from pbsd_agents.algorithms.pbsd import PBSDConfig
     from pbsd_agents.trainer import TrainConfig
 
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
     results = []
     grid = [(e, lr, b, s) for e in args.envs for lr in lrs for b in betas for s in args.seeds]
     for k, (env, lr, beta, seed) in enumerate(grid, 1):
-        path = args.runs_dir / f"{env.split('/')[-1]}__lr{lr:g}__b{beta:g}__s{seed}.json"
+        path = args.runs_dir / f"{env.split('/')[-1]}__lr{lr:g}__b{beta:g}{tag}__s{seed}.json"
         if not path.exists():
             print(f"[{k}/{len(grid)}] {env} lr={lr:g} beta={beta:g} seed={seed}", flush=True)
             path.write_text(json.dumps(run_one(env, lr, beta, seed, args, path), indent=1))

@@ -36,9 +36,12 @@ def _gap(collector, env_id, n):
     return out
 
 
-def test_teacher_view_beats_student_view_on_toolcall(collector):
-    gap = _gap(collector, "pbsd/ToolCall-v0", 32)
-    assert gap["teacher"] >= gap["student"] + 0.15, gap
+def test_default_env_leaves_room_for_pbsd(collector):
+    """On the env `pbsd-agents train` uses, the teacher view solves most held-out tasks and the student view few."""
+    from pbsd_agents.trainer import TrainConfig
+
+    gap = _gap(collector, TrainConfig().env, 32)
+    assert gap["teacher"] >= 0.75 and gap["teacher"] >= gap["student"] + 0.3, gap
 
 
 @pytest.mark.slow

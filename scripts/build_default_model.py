@@ -156,6 +156,20 @@ def copy_demo(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
     return prompt + x + [end], [0] * len(prompt) + [1] * (len(x) + 1)
 
 
+def nll_step(model, opt, sched, views, pad_id: int):
+    """One optimizer step on the mean NLL of the action tokens of ``views``."""
+    from pbsd_agents.algorithms.scoring import action_logits
+
+    out = action_logits(model, views, pad_id=pad_id)
+    loss = -out.token_logprobs().mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return out, loss
+
+
 def render_demo(renderer, messages, tools, turns) -> tuple[list[int], list[int]]:
     """ids + action mask of one demonstration, built the way the collector builds trajectories."""
     ids = renderer.prompt_ids(messages, tools)
@@ -200,7 +214,6 @@ def main(argv=None) -> int:
     import pbsd_agents  # noqa: F401  (registers the envs)
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pbsd_agents.algorithms.scoring import action_logits
     from pbsd_agents.chat import ChatRenderer
 
     random.seed(args.seed)
@@ -254,13 +267,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 50))
     for step in range(1, args.copy_steps + 1):
-        out = action_logits(model, [copy_demo(tokenizer, rng) for _ in range(32)], pad_id=tokenizer.pad_token_id)
-        loss = -out.token_logprobs().mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        warmup.step()
+        out, loss = nll_step(model, opt, warmup, [copy_demo(tokenizer, rng) for _ in range(32)], tokenizer.pad_token_id)
         if step % 50 == 0:
             accuracy = (out.logits.argmax(-1) == out.targets).float().mean().item()
             print(f"copy step {step}/{args.copy_steps} loss {loss.item():.3f} accuracy {accuracy:.2f} ({time.time() - t0:.0f}s)", flush=True)
@@ -268,7 +275,6 @@ def main(argv=None) -> int:
                 break
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    model.train()
     by_length = sorted(range(len(data)), key=lambda i: len(data[i][0]))
     for step in range(1, args.steps + 1):
         # Neighbours in length order: a batch pads to nearly its own length instead of the longest demo.
@@ -276,13 +282,7 @@ def main(argv=None) -> int:
         n_copy = round(args.batch * args.copy_frac)
         batch = [data[i] for i in by_length[start : start + args.batch - n_copy]]
         batch += [copy_demo(tokenizer, rng) for _ in range(n_copy)]
-        out = action_logits(model, batch, pad_id=tokenizer.pad_token_id)
-        loss = -out.token_logprobs().mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        out, loss = nll_step(model, opt, sched, batch, tokenizer.pad_token_id)
         if step % 25 == 0 or step == 1:
             print(f"sft step {step}/{args.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
 
@@ -290,7 +290,8 @@ def main(argv=None) -> int:
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = config.eos_token_id
-    model.to("cpu").save_pretrained(args.out)
+    # Shards under 2 MB each: the weights are tracked in git, which keeps single files small.
+    model.to("cpu").save_pretrained(args.out, max_shard_size="1500KB")
     tokenizer.save_pretrained(args.out)
     (args.out / "BUILD.json").write_text(json.dumps({**{k: (str(v.resolve().relative_to(ROOT)) if v.resolve().is_relative_to(ROOT) else str(v)) if isinstance(v, Path) else v for k, v in vars(args).items()}, "params": n_params}, indent=2))
     print(f"saved to {args.out} ({time.time() - t0:.0f}s)", flush=True)

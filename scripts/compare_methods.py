@@ -2,6 +2,7 @@
 
     python scripts/compare_methods.py --quick                  # a few minutes: one env, one seed, tiny budget
     python scripts/compare_methods.py                          # the full study (resumes where it stopped)
+    python scripts/compare_methods.py --jobs 16                # the same, 16 runs at a time (1 thread each)
 
 From the same initial model (default: the embedded one), every method trains on each environment
 with each seed until it has sampled ``--budget`` trajectories (teacher samples count) or hit the
@@ -23,22 +24,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (algo, algo_args). PBSD+ = greedy teacher decodes for y+, verifier pairs, NLL 0.5 on y+.
+# name -> (algo, algo_args, trajectories sampled per task and step). PBSD+ = greedy teacher decodes
+# for y+, verifier pairs, NLL 0.5 on y+. The sample count lets every method evaluate at the same budgets.
 METHODS = {
-    "PBSD": ("pbsd", {}),
-    "PBSD+": ("pbsd", {"teacher_temperature": 0.0, "pair_filter": "verifier", "nll_coef": 0.5}),
-    "OPSD": ("opsd", {"teacher": "frozen"}),
-    "GRPO": ("grpo", {"group_size": 4}),
-    "RFT": ("sft", {"only_successful": True, "teacher_temperature": 1.0}),
-    "SeqKD": ("sft", {"only_successful": False, "teacher_temperature": 0.0}),
+    "PBSD": ("pbsd", {}, 2),
+    "PBSD+": ("pbsd", {"teacher_temperature": 0.0, "pair_filter": "verifier", "nll_coef": 0.5}, 2),
+    "OPSD": ("opsd", {"teacher": "frozen"}, 1),
+    "GRPO": ("grpo", {"group_size": 4}, 4),
+    "RFT": ("sft", {"only_successful": True, "teacher_temperature": 1.0}, 1),
+    "SeqKD": ("sft", {"only_successful": False, "teacher_temperature": 0.0}, 1),
 }
 ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
 
 
 def run_one(env: str, method: str, seed: int, args, runs_dir: Path) -> dict:
+    import torch
+    from transformers.utils import logging
+
     from pbsd_agents.trainer import TrainConfig, Trainer
 
-    algo, algo_args = METHODS[method]
+    logging.disable_progress_bar()
+    if args.jobs > 1:
+        torch.set_num_threads(1)  # runs in parallel processes: one core each, not all cores each
+
+    algo, algo_args, per_task = METHODS[method]
+    eval_every = max(1, round(args.eval_every / (per_task * args.tasks_per_step)))  # in steps
     name = f"{env.split('/')[-1]}__{method.replace('+', 'plus')}__s{seed}"
     out = runs_dir / name
     if out.exists():
@@ -47,9 +57,9 @@ def run_one(env: str, method: str, seed: int, args, runs_dir: Path) -> dict:
         shutil.rmtree(out)  # a run without a result file was interrupted: start it again
     cfg = TrainConfig(
         algo=algo, algo_args=algo_args, env=env, model=args.model, max_trajectories=args.budget, steps=10**9,
-        tasks_per_step=args.tasks_per_step, lr=args.lr, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
+        tasks_per_step=args.tasks_per_step, lr=args.lr, eval_every=eval_every, eval_tasks=args.eval_tasks,
         pass_k=1, save_every=0, keep_last=1, out=str(out), seed=seed, max_wall_s=args.max_wall_s,
-        max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False,
+        max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device,
     )
     t0 = time.time()
     Trainer(cfg).train()
@@ -74,14 +84,15 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
              "Full study: `python scripts/compare_methods.py` (6 methods × 3 envs × 3 seeds; resumes where it stopped).", "",
              "Greedy held-out success of the student view. *final*: at the end of the budget; *peak*: best evaluation; "
              "*final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) until greedy success first "
-             "reached L = initial success + 0.05, median over seeds that reached it (n/a: none did); mean ± std over seeds.", ""]
+             "reached L = initial success + 0.05, median over seeds that reached it (n/a: none did); *trajectories*: the fewest "
+             "sampled by any seed (below the budget only where the wall-clock cap stopped a run); mean ± std over seeds.", ""]
     envs = sorted({r["env"] for r in results}, key=lambda e: ENVS.index(e) if e in ENVS else 99)
     for env in envs:
         rows = [r for r in results if r["env"] == env]
         start = statistics.mean(r["curve"][0]["success"] for r in rows)
         level = start + 0.05
         lines += [f"## {env}", "", f"Initial greedy success {start:.3f}; level L = {level:.3f}.", "",
-                  "| method | seeds | final | peak | final/peak | tokens to L | wall s |", "|---|---|---|---|---|---|---|"]
+                  "| method | seeds | final | peak | final/peak | tokens to L | trajectories | wall s |", "|---|---|---|---|---|---|---|---|"]
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for method in METHODS:
             mr = [r for r in rows if r["method"] == method]
@@ -94,7 +105,8 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
             reach = [x for x in reach if x is not None]
             lines.append(
                 f"| {method} | {len(mr)} | {_ms(finals)} | {_ms(peaks)} | {_ms(ratio) if ratio else 'n/a'} | "
-                f"{int(statistics.median(reach)) if reach else 'n/a'} ({len(reach)}/{len(mr)}) | {statistics.mean(r['wall_s'] for r in mr):.0f} |"
+                f"{int(statistics.median(reach)) if reach else 'n/a'} ({len(reach)}/{len(mr)}) | "
+                f"{min(r['curve'][-1]['trajectories'] for r in mr)} | {statistics.mean(r['wall_s'] for r in mr):.0f} |"
             )
             xs = [c["trajectories"] for c in mr[0]["curve"]]
             n = min(len(r["curve"]) for r in mr)
@@ -125,32 +137,57 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=int, default=512, help="sampled trajectories per run (teacher samples count)")
-    p.add_argument("--max-wall-s", type=float, default=150, help="wall-clock cap of one run's training")
+    p.add_argument("--max-wall-s", type=float, default=900,
+                   help="wall-clock cap of one run's training, evaluations included (a safety net: the budget should bind)")
     p.add_argument("--tasks-per-step", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--eval-every", type=int, default=8, help="steps between evaluations")
+    p.add_argument("--eval-every", type=int, default=128, help="sampled trajectories between evaluations")
     p.add_argument("--eval-tasks", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process on one thread")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.quick:
         args.envs, args.seeds, args.budget, args.eval_tasks = args.envs[:1], args.seeds[:1], 32, 8
-        args.eval_every, args.max_wall_s, args.tasks_per_step = 2, 60, 4
+        args.eval_every, args.max_wall_s, args.tasks_per_step = 16, 60, 4
     import pbsd_agents  # noqa: F401
 
     results_dir = args.runs_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     todo = [(e, m, s) for e in args.envs for m in args.methods for s in args.seeds]
-    for k, (env, method, seed) in enumerate(todo, 1):
-        path = results_dir / f"{env.split('/')[-1]}__{method.replace('+', 'plus')}__s{seed}.json"
-        if path.exists():
-            continue
-        print(f"[{k}/{len(todo)}] {env} {method} seed {seed}", flush=True)
-        result = run_one(env, method, seed, args, args.runs_dir)
-        path.write_text(json.dumps(result, indent=1))
-        print(f"    final greedy success {result['curve'][-1]['success']:.3f} ({result['wall_s']:.0f} s)", flush=True)
+    path_of = {t: results_dir / f"{t[0].split('/')[-1]}__{t[1].replace('+', 'plus')}__s{t[2]}.json" for t in todo}
+    left = [t for t in todo if not path_of[t].exists()]
+    print(f"{len(todo) - len(left)} of {len(todo)} runs already done; {len(left)} to run, {args.jobs} at a time", flush=True)
+
+    n_done = len(todo) - len(left)
+
+    def save(t, result):
+        nonlocal n_done
+        n_done += 1
+        path_of[t].write_text(json.dumps(result, indent=1))
+        print(f"[{n_done}/{len(todo)}] {t[0]} {t[1]} seed {t[2]}: final greedy success "
+              f"{result['curve'][-1]['success']:.3f} ({result['wall_s']:.0f} s)", flush=True)
+
+    if args.jobs == 1:
+        for t in left:
+            save(t, run_one(*t, args, args.runs_dir))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: a forked child inherits torch's thread-pool state and can hang
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, *t, args, args.runs_dir): t for t in left}
+            for f in as_completed(futures):
+                try:
+                    save(futures[f], f.result())
+                except Exception as e:  # one broken run must not lose the others; a rerun retries it
+                    print(f"run {futures[f]} failed: {type(e).__name__}: {e}", flush=True)
     wanted = {(e, m, s) for e, m, s in todo}
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*.json"))]
     results = [r for r in results if (r["env"], r["method"], r["seed"]) in wanted]

@@ -1,5 +1,6 @@
 """Training recipes and the method comparison: configs are valid; --quick runs (slow)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +34,17 @@ def test_compare_methods_quick(tmp_path):
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_methods.py"), "--quick",
-                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    cmd = [sys.executable, str(ROOT / "scripts" / "compare_methods.py"), "--quick", "--jobs", "2", "--device", "cpu",
+           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     for method in ("PBSD", "PBSD+", "OPSD", "GRPO", "RFT", "SeqKD"):
         assert f"| {method} |" in text
     assert (tmp_path / "compare_ToolCall-v0.png").exists()
+    # every method is evaluated at the same budgets, whatever it samples per step
+    curves = [json.loads(f.read_text())["curve"] for f in (tmp_path / "runs" / "results").glob("*.json")]
+    assert len(curves) == 6 and all([c["trajectories"] for c in cv] == [0, 16, 32] for cv in curves)
+    # a second call finds every result saved and only rewrites the document
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0 and "6 of 6 runs already done" in again.stdout

@@ -34,6 +34,7 @@ METHODS = {
     "RFT": ("sft", {"only_successful": True, "teacher_temperature": 1.0}, 1),
     "SeqKD": ("sft", {"only_successful": False, "teacher_temperature": 0.0}, 1),
 }
+KEEP = "<!-- everything below this line is kept when compare_methods.py rewrites the tables -->"
 ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
 
 
@@ -81,7 +82,7 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
     fig_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# PBSD vs baselines on the procedural environments", "",
              f"Written by `scripts/compare_methods.py`. This document's numbers come from: `{command}`.",
-             "Full study: `python scripts/compare_methods.py` (6 methods × 3 envs × 3 seeds; resumes where it stopped).", "",
+             "Full study: `python scripts/compare_methods.py` (6 methods × 3 envs × 3 seeds; resumes where it stopped; `--jobs N` runs N at a time).", "",
              "Greedy held-out success of the student view. *final*: at the end of the budget; *peak*: best evaluation; "
              "*final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) until greedy success first "
              "reached L = initial success + 0.05, median over seeds that reached it (n/a: none did); *trajectories*: the fewest "
@@ -122,7 +123,9 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
         plt.close(fig)
         lines += ["", f"![{env}]({png.relative_to(out_md.parent) if png.is_relative_to(out_md.parent) else png})", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text("\n".join(lines) + "\n")
+    old = out_md.read_text() if out_md.exists() else ""
+    kept = old[old.index(KEEP):] if KEEP in old else KEEP + "\n"  # hand-written analysis, the investigation
+    out_md.write_text("\n".join(lines) + "\n" + kept)
 
 
 def _ms(xs: list[float]) -> str:

@@ -45,6 +45,9 @@ def test_compare_methods_quick(tmp_path):
     # every method is evaluated at the same budgets, whatever it samples per step
     curves = [json.loads(f.read_text())["curve"] for f in (tmp_path / "runs" / "results").glob("*.json")]
     assert len(curves) == 6 and all([c["trajectories"] for c in cv] == [0, 16, 32] for cv in curves)
-    # a second call finds every result saved and only rewrites the document
+    # a second call finds every result saved and rewrites the tables, keeping what was written below them
+    out.write_text(out.read_text() + "a hand-written analysis\n")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0 and "6 of 6 runs already done" in again.stdout
+    text = out.read_text()
+    assert text.count("| PBSD |") == 1 and text.endswith("a hand-written analysis\n")

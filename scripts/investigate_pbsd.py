@@ -15,7 +15,7 @@ push-down is a score function of the student's own samples, whose expectation is
 clip (1.0) that variance also shrinks the useful half of each step.
 
 This script measures, at the initial weights and on fresh batches drawn as the trainer draws them:
-``|u+|``, ``|u-|``, ``cos(u+, u-)``; how close PBSD's and SFT's (token-mean NLL of y+) update
+``‖u+‖``, ``‖u-‖``, ``cos(u+, u-)``; how close PBSD's and SFT's (token-mean NLL of y+) update
 directions are; how much of a clipped PBSD step lies along ``u+`` against a clipped SFT step; and
 whether ``u-`` averages away over batches (norm of the mean ≈ mean norm / √B if it is zero-mean) while
 ``u+`` does not. It writes a markdown section between markers in ``docs/RESULTS.md`` (kept when
@@ -97,7 +97,7 @@ def measure(env: str, batches: int, seed: int, clip: float) -> dict:
             "along_sft_sft": sft_clipped * sft.norm().item(),
             "norm_pbsd": pbsd.norm().item(), "norm_sft": sft.norm().item(),
         })
-        print(f"{env} batch {b}: |u+| {rows[-1]['norm_pos']:.2f} |u-| {rows[-1]['norm_neg']:.2f} "
+        print(f"{env} batch {b}: ‖u+‖ {rows[-1]['norm_pos']:.2f} ‖u-‖ {rows[-1]['norm_neg']:.2f} "
               f"cos(PBSD, SFT) {rows[-1]['cos_pbsd_sft']:.3f}", flush=True)
     mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
     mean["avg_norm_pos"] = (sum_pos / batches).norm().item()
@@ -176,10 +176,10 @@ def main(argv=None) -> int:
             "u+ = w·β·∇log π_θ(y+), u- = w·β·∇log π_θ(y-), w = σ(−β·margin); PBSD's ascent direction is u+ − u-; "
             "SFT's is ∇ of the token-mean log π_θ(y+) (SeqKD on the same y+). *along SFT*: length of the step, "
             f"after the trainer's gradient clip ({args.clip:g}), projected on SFT's direction. "
-            "*|mean u±|/mean|u±|*: over the batches; 1 for a consistent direction, 1/√B "
+            "*‖mean u±‖ / mean ‖u±‖*: over the batches; 1 for a consistent direction, 1/√B "
             f"= {1 / math.sqrt(args.batches):.2f} for zero-mean noise.", "",
-            "| env | margin | w | |y+| / |y-| tokens | |u+| | |u-| | cos(u+, u-) | cos(PBSD, SFT) | cos(u+, SFT) | "
-            "along SFT: PBSD / SFT | |mean u+|/mean|u+| | |mean u-|/mean|u-| |",
+            "| env | margin | w | tokens y+ / y- | ‖u+‖ | ‖u-‖ | cos(u+, u-) | cos(PBSD, SFT) | cos(u+, SFT) | "
+            "along SFT: PBSD / SFT | ‖mean u+‖ / mean ‖u+‖ | ‖mean u-‖ / mean ‖u-‖ |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     results = {}
     for env in args.envs:

@@ -82,6 +82,7 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
     fig_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# PBSD vs baselines on the procedural environments", "",
              f"Written by `scripts/compare_methods.py`. This document's numbers come from: `{command}`.",
+             "Raw results (every evaluation of every run): `compare_results.json` beside this file. "
              "Full study: `python scripts/compare_methods.py` (6 methods × 3 envs × 3 seeds; resumes where it stopped; `--jobs N` runs N at a time).", "",
              "Greedy held-out success of the student view. *final*: at the end of the budget; *peak*: best evaluation; "
              "*final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) until greedy success first "
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     results = [r for r in results if (r["env"], r["method"], r["seed"]) in wanted]
     command = "python scripts/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
     summarise(results, args.out, args.out.parent, command.strip())
-    (args.runs_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out.parent / "compare_results.json").write_text(json.dumps(results, indent=1))  # raw, beside the document
     print(f"wrote {args.out}")
     return 0
 

@@ -42,6 +42,7 @@ def test_compare_methods_quick(tmp_path):
     for method in ("PBSD", "PBSD+", "OPSD", "GRPO", "RFT", "SeqKD"):
         assert f"| {method} |" in text
     assert (tmp_path / "compare_ToolCall-v0.png").exists()
+    assert len(json.loads((tmp_path / "compare_results.json").read_text())) == 6
     # every method is evaluated at the same budgets, whatever it samples per step
     curves = [json.loads(f.read_text())["curve"] for f in (tmp_path / "runs" / "results").glob("*.json")]
     assert len(curves) == 6 and all([c["trajectories"] for c in cv] == [0, 16, 32] for cv in curves)

@@ -237,22 +237,9 @@ class Trainer:
     def train_step(self) -> dict:
         cfg = self.config
         step = self.step + 1
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
         t0 = time.time()
-        tasks = self._tasks_for_step(step)
-        self.policy.model.eval()
-        groups = [TaskGroup(index=i) for i in tasks]
-        if self.plan.teacher_samples:
-            temp = cfg.temperature if self.plan.teacher_temperature is None else self.plan.teacher_temperature
-            trajs = self._collect(tasks, self.plan.teacher_samples, "teacher", temp, self.train_env_kwargs)
-            for g, chunk in zip(groups, _chunks(trajs, self.plan.teacher_samples)):
-                g.teacher = chunk
-        if self.plan.student_samples:
-            trajs = self._collect(tasks, self.plan.student_samples, "student", cfg.temperature, self.train_env_kwargs)
-            for g, chunk in zip(groups, _chunks(trajs, self.plan.student_samples)):
-                g.student = chunk
+        batch = self.collect_batch(step)
         t_collect = time.time() - t0
-        batch = Batch(groups=groups, temperature=cfg.temperature, step=step)
         new = batch.trajectories
         self.trajectories += len(new)
         self.tokens += sum(t.num_tokens for t in new)
@@ -277,6 +264,24 @@ class Trainer:
         if "gap_tokens" in row:
             self._print(f"step {step} largest per-token gaps in a pair: {row['gap_tokens']}")
         return row
+
+    def collect_batch(self, step: int) -> Batch:
+        """The step's tasks, collected as the algorithm's plan says (seeded by step: a rerun collects alike)."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        tasks = self._tasks_for_step(step)
+        self.policy.model.eval()
+        groups = [TaskGroup(index=i) for i in tasks]
+        if self.plan.teacher_samples:
+            temp = cfg.temperature if self.plan.teacher_temperature is None else self.plan.teacher_temperature
+            trajs = self._collect(tasks, self.plan.teacher_samples, "teacher", temp, self.train_env_kwargs)
+            for g, chunk in zip(groups, _chunks(trajs, self.plan.teacher_samples)):
+                g.teacher = chunk
+        if self.plan.student_samples:
+            trajs = self._collect(tasks, self.plan.student_samples, "student", cfg.temperature, self.train_env_kwargs)
+            for g, chunk in zip(groups, _chunks(trajs, self.plan.student_samples)):
+                g.student = chunk
+        return Batch(groups=groups, temperature=cfg.temperature, step=step)
 
     def _update(self, batch: Batch) -> tuple[float | None, dict, bool]:
         """One optimizer step over the batch (split into ``grad_accum`` micro-batches)."""

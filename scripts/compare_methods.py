@@ -38,6 +38,11 @@ KEEP = "<!-- everything below this line is kept when compare_methods.py rewrites
 ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
 
 
+def run_name(env: str, method: str, seed: int) -> str:
+    """A run's folder under --runs-dir, and its result file's stem under results/."""
+    return f"{env.split('/')[-1]}__{method.replace('+', 'plus')}__s{seed}"
+
+
 def run_one(env: str, method: str, seed: int, args, runs_dir: Path) -> dict:
     import torch
     from transformers.utils import logging
@@ -50,8 +55,7 @@ def run_one(env: str, method: str, seed: int, args, runs_dir: Path) -> dict:
 
     algo, algo_args, per_task = METHODS[method]
     eval_every = max(1, round(args.eval_every / (per_task * args.tasks_per_step)))  # in steps
-    name = f"{env.split('/')[-1]}__{method.replace('+', 'plus')}__s{seed}"
-    out = runs_dir / name
+    out = runs_dir / run_name(env, method, seed)
     if out.exists():
         import shutil
 
@@ -164,11 +168,10 @@ def main(argv=None) -> int:
     results_dir = args.runs_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     todo = [(e, m, s) for e in args.envs for m in args.methods for s in args.seeds]
-    path_of = {t: results_dir / f"{t[0].split('/')[-1]}__{t[1].replace('+', 'plus')}__s{t[2]}.json" for t in todo}
+    path_of = {t: results_dir / f"{run_name(*t)}.json" for t in todo}
     left = [t for t in todo if not path_of[t].exists()]
-    print(f"{len(todo) - len(left)} of {len(todo)} runs already done; {len(left)} to run, {args.jobs} at a time", flush=True)
-
     n_done = len(todo) - len(left)
+    print(f"{n_done} of {len(todo)} runs already done; {len(left)} to run, {args.jobs} at a time", flush=True)
 
     def save(t, result):
         nonlocal n_done

@@ -47,7 +47,6 @@ def measure(env: str, batches: int, seed: int, clip: float) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pbsd_agents.algorithms import Batch, TaskGroup
     from pbsd_agents.algorithms.scoring import sequence_logprobs
     from pbsd_agents.trainer import TrainConfig, Trainer
 
@@ -59,12 +58,7 @@ def measure(env: str, batches: int, seed: int, clip: float) -> dict:
     params = [p for p in tr.policy.model.parameters() if p.requires_grad]
     rows, sum_pos, sum_neg = [], None, None
     for b in range(1, batches + 1):
-        torch.manual_seed(seed * 1_000_003 + b)
-        tasks = tr._tasks_for_step(b)
-        tr.policy.model.eval()
-        teacher = tr._collect(tasks, 1, "teacher", cfg.temperature, tr.train_env_kwargs)
-        student = tr._collect(tasks, 1, "student", cfg.temperature, tr.train_env_kwargs)
-        batch = Batch([TaskGroup(i, student=[s], teacher=[t]) for i, s, t in zip(tasks, student, teacher)])
+        batch = tr.collect_batch(b)  # the batch the trainer's step b would train on
         pairs = [(p, n) for p, n in tr.algorithm.pairs(batch) if p.num_action_tokens and n.num_action_tokens]
         pos, neg = [p for p, _ in pairs], [n for _, n in pairs]
         with torch.no_grad(), tr.policy.teacher() as teacher_model:

@@ -25,7 +25,11 @@ __all__ = ["count_tasks", "make_env", "registered_ids", "resolve_env_id"]
 
 def registered_ids() -> list[str]:
     """Every id in gymnasium's registry that is not one of gymnasium's own (``pbsd/`` ids first)."""
-    ids = [k for k, spec in gymnasium.registry.items() if not str(spec.entry_point).startswith("gymnasium.")]
+    def own(ep) -> bool:  # gymnasium's ids point into gymnasium (placeholders are its functions)
+        module = ep if isinstance(ep, str) else getattr(ep, "__module__", "")
+        return not module.startswith("gymnasium.")
+
+    ids = [k for k, spec in gymnasium.registry.items() if own(spec.entry_point)]
     return sorted(ids, key=lambda k: (not k.startswith("pbsd/"), k))
 
 

@@ -16,8 +16,13 @@ tokenizer's own encoding of the same text (re-tokenization drift; see
 training; the decoded text is used only to run the tools and to render later turns.
 
 Templates that ignore ``tools=`` (SmolLM2's, for instance) get the tool schemas and the call format
-written into the system message instead; templates that cannot render a ``tool`` message get tool
+written into the system message instead (the format is the env's: every method takes the
+``tool_format`` its env reported at reset); templates that cannot render a ``tool`` message get tool
 results as user messages. Both fallbacks are detected once, when the renderer is built.
+
+:meth:`ChatRenderer.render_conversation` is the one place that turns a whole conversation into ids
+and an action mask (demonstrations, re-rendering checks); the collector builds the same ids turn
+by turn as the model generates them.
 
 Example:
     >>> from pbsd_agents.loading import byte_tokenizer
@@ -80,8 +85,6 @@ class ChatRenderer:
 
     Args:
         tokenizer: a Hugging Face tokenizer with a chat template.
-        tool_format: the call format described in the system message when the template ignores
-            ``tools=`` (``"hermes"``, ``"json"`` or ``"python"``).
         eot_token: the end-of-turn token, when detection from the template is not wanted.
 
     Attributes:
@@ -104,7 +107,7 @@ class ChatRenderer:
         True
     """
 
-    def __init__(self, tokenizer, *, tool_format: str = "hermes", eot_token: str | None = None):
+    def __init__(self, tokenizer, *, eot_token: str | None = None):
         if tokenizer is None:
             raise ValueError("ChatRenderer needs a tokenizer")
         if not getattr(tokenizer, "chat_template", None):
@@ -112,8 +115,6 @@ class ChatRenderer:
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set tokenizer.chat_template first"
             )
         self.tokenizer = tokenizer
-        self.tool_format = tool_format
-        tools_system_text([], tool_format)  # validates tool_format
         self.template_has_tools = self._detect_tools_support()
         self.template_has_tool_role = self._detect_tool_role()
         self.eot_id = self._token_id(eot_token) if eot_token is not None else self._detect_eot()
@@ -185,12 +186,13 @@ class ChatRenderer:
         """Text of ``ids``, special tokens kept, spaces left as they are."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def prepare(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> tuple[list[dict], list[dict] | None]:
+    def prepare(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
+                tool_format: str = "hermes") -> tuple[list[dict], list[dict] | None]:
         """The messages and tools actually handed to the template, after the fallbacks (if any)."""
         msgs = [dict(m) for m in messages]
         tools = list(tools) if tools else None
         if tools and not self.template_has_tools:
-            block = tools_system_text(tools, self.tool_format)
+            block = tools_system_text(tools, tool_format)
             if msgs and msgs[0].get("role") == "system":
                 msgs[0]["content"] = f"{msgs[0]['content']}\n\n{block}" if msgs[0].get("content") else block
             else:
@@ -211,22 +213,24 @@ class ChatRenderer:
         return msgs, tools
 
     def render_text(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-                    add_generation_prompt: bool = False) -> str:
+                    add_generation_prompt: bool = False, tool_format: str = "hermes") -> str:
         """The template's text for ``messages`` (fallbacks applied)."""
-        msgs, tools = self.prepare(messages, tools)
+        msgs, tools = self.prepare(messages, tools, tool_format=tool_format)
         return self._apply(msgs, tools, add_generation_prompt)
 
     def render_ids(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-                   add_generation_prompt: bool = False) -> list[int]:
+                   add_generation_prompt: bool = False, tool_format: str = "hermes") -> list[int]:
         """``encode(render_text(...))``: the ids of a whole conversation rendered in one go."""
-        return self.encode(self.render_text(messages, tools, add_generation_prompt=add_generation_prompt))
+        return self.encode(self.render_text(messages, tools, add_generation_prompt=add_generation_prompt,
+                                            tool_format=tool_format))
 
-    def prompt_ids(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
+    def prompt_ids(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
+                   tool_format: str = "hermes") -> list[int]:
         """Ids of ``messages`` followed by the generation prompt: what the model continues from."""
-        return self.render_ids(messages, tools, add_generation_prompt=True)
+        return self.render_ids(messages, tools, add_generation_prompt=True, tool_format=tool_format)
 
     def observation_ids(self, conversation: Sequence[dict], new_messages: Sequence[dict],
-                        tools: Sequence[dict] | None = None) -> list[int]:
+                        tools: Sequence[dict] | None = None, *, tool_format: str = "hermes") -> list[int]:
         """Ids that follow the generated end-of-turn token when ``new_messages`` are added.
 
         ``conversation`` ends with the assistant turn just generated (its content the decoded text of
@@ -245,8 +249,9 @@ class ChatRenderer:
         conversation = list(conversation)
         if not conversation or conversation[-1].get("role") != "assistant":
             raise ValueError("observation_ids: the conversation must end with the assistant turn just generated")
-        before_text = self.render_text(conversation, tools)
-        after_text = self.render_text(conversation + list(new_messages), tools, add_generation_prompt=True)
+        before_text = self.render_text(conversation, tools, tool_format=tool_format)
+        after_text = self.render_text(conversation + list(new_messages), tools, add_generation_prompt=True,
+                                      tool_format=tool_format)
         before = self.encode(before_text)
         after = self.encode(after_text)
         tail = self._after_eot(before)
@@ -268,6 +273,46 @@ class ChatRenderer:
             f"rendered turn by turn (first difference at character {n}: {before_text[max(0, n - 40):n + 40]!r} vs "
             f"{after_text[max(0, n - 40):n + 40]!r})"
         )
+
+    def conversation_segments(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
+                              tool_format: str = "hermes",
+                              action_ids: Sequence[Sequence[int]] | None = None) -> list[tuple[str, list[int]]]:
+        """``[(kind, ids)]`` of a whole conversation, built turn by turn as the collector builds it:
+        ``("prompt", ...)`` up to the first assistant turn, then per assistant turn an ``"action"``
+        (``action_ids[j]`` when given, else the canonical ``encode(text) + [eot_id]``) and, when the
+        environment answered, an ``"observation"`` (the template delta of :meth:`observation_ids`).
+        """
+        assistant_at = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        if not assistant_at:
+            return [("prompt", self.prompt_ids(messages, tools, tool_format=tool_format))]
+        segs = [("prompt", self.prompt_ids(messages[:assistant_at[0]], tools, tool_format=tool_format))]
+        for j, a in enumerate(assistant_at):
+            given = action_ids is not None and j < len(action_ids)
+            segs.append(("action", list(action_ids[j]) if given else self.encode(messages[a]["content"]) + [self.eot_id]))
+            new = list(messages[a + 1: assistant_at[j + 1] if j + 1 < len(assistant_at) else len(messages)])
+            if new:
+                segs.append(("observation", self.observation_ids(messages[: a + 1], new, tools, tool_format=tool_format)))
+        return segs
+
+    def render_conversation(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
+                            tool_format: str = "hermes",
+                            action_ids: Sequence[Sequence[int]] | None = None) -> tuple[list[int], list[int]]:
+        """``(input_ids, action_mask)`` of a whole conversation: the mask is 1 on assistant turns' ids
+        (their end-of-turn token included), 0 on the prompt and the environment's messages.
+
+        Example:
+            >>> from pbsd_agents.loading import byte_tokenizer
+            >>> r = ChatRenderer(byte_tokenizer())
+            >>> ids, mask = r.render_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+            >>> r.decode([i for i, m in zip(ids, mask) if m])
+            'yo<|im_end|>'
+        """
+        ids: list[int] = []
+        mask: list[int] = []
+        for kind, seg in self.conversation_segments(messages, tools, tool_format=tool_format, action_ids=action_ids):
+            ids += seg
+            mask += [int(kind == "action")] * len(seg)
+        return ids, mask
 
     def _after_eot(self, ids: list[int]) -> list[int]:
         """The ids the template writes after the last assistant turn's end-of-turn token."""

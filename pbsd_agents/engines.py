@@ -194,8 +194,7 @@ class HFEngine:
         policy: a :class:`~pbsd_agents.models.Policy` (``teacher=True`` generates with
             ``policy.teacher()``: the frozen copy, or the base model with LoRA adapters off).
         batch_size: most prompts per ``generate`` call (prompts are grouped by length to limit padding).
-        stop_ids: ids that end a turn; default: the chat renderer's (``policy.renderer`` if set,
-            else one built from ``policy.tokenizer``).
+        stop_ids: ids that end a turn; default: ``policy.renderer.stop_ids``.
         pad_id: id used for left padding (default: the tokenizer's pad id, else the first stop id).
 
     Prompts are left-padded; each row is cut at its first stop token, which is kept as the last id.
@@ -210,12 +209,7 @@ class HFEngine:
         self.policy = policy
         self.batch_size = batch_size
         if stop_ids is None:
-            renderer = getattr(policy, "renderer", None)
-            if renderer is None:
-                from .chat import ChatRenderer
-
-                renderer = ChatRenderer(policy.tokenizer)
-            stop_ids = renderer.stop_ids
+            stop_ids = policy.renderer.stop_ids
         self.stop_ids = tuple(int(i) for i in stop_ids)
         if not self.stop_ids:
             raise ValueError("HFEngine needs at least one stop id")

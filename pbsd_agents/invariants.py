@@ -1,6 +1,6 @@
 """Invariants of trajectories, and the re-rendering (drift) check of a chat template.
 
-The invariants (DESIGN.md, Trajectories and masking), each checked here and by the tests:
+The invariants of the trajectory format, each checked here and by the tests:
 
 - **mask**: in both views the action mask is 1 on exactly the sampled ids and 0 on every prompt and
   observation id; every action has one finite log-probability <= 0 per id; every action but the
@@ -85,7 +85,7 @@ def check_trajectory(traj: Trajectory, renderer=None, *, conversation=None, stop
     Args:
         renderer: a :class:`~pbsd_agents.chat.ChatRenderer` or a tokenizer (needed for the privileged,
             stop-token and render checks; without it only mask and alignment are checked).
-        conversation: the :class:`~pbsd_agents.rollout.Conversation` behind ``traj`` (from
+        conversation: the :class:`~pbsd_agents.episode.Conversation` behind ``traj`` (from
             ``Collector.collect_with_conversations`` or :func:`replay_conversation`) for the render check.
         stop_ids: stop ids when no renderer is given.
     """
@@ -175,27 +175,6 @@ class RenderComparison:
     exact: dict = field(default_factory=dict)  # view -> one-shot rendering == the trajectory's own ids
 
 
-def _turn_by_turn(renderer, messages: list[dict], tools, action_ids: list[list[int]] | None):
-    """Ids of ``messages`` built the way the collector builds them: prompt, then per assistant turn
-    the action ids (the given ones, or the canonical ``encode(text) + eot``) and the observation delta.
-    Returns (segments as [(kind, ids)], whether the last assistant turn ends the list)."""
-    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
-    if first is None:
-        return [("prompt", renderer.prompt_ids(messages, tools))]
-    segs = [("prompt", renderer.prompt_ids(messages[:first], tools))]
-    assistant_at = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    for j, a in enumerate(assistant_at):
-        if action_ids is not None and j < len(action_ids):
-            segs.append(("action", list(action_ids[j])))
-        else:
-            segs.append(("action", renderer.encode(messages[a]["content"]) + [renderer.eot_id]))
-        nxt = assistant_at[j + 1] if j + 1 < len(assistant_at) else len(messages)
-        new = messages[a + 1:nxt]
-        if new:
-            segs.append(("observation", renderer.observation_ids(messages[: a + 1], new, tools)))
-    return segs
-
-
 def compare_render(traj: Trajectory, conversation, renderer) -> RenderComparison:
     """Re-render ``conversation`` (both views) and compare with ``traj`` (see the module docstring)."""
     renderer = _as_renderer(renderer)
@@ -211,11 +190,11 @@ def compare_render(traj: Trajectory, conversation, renderer) -> RenderComparison
     last_finished = not actions or (bool(actions[-1].ids) and actions[-1].ids[-1] in renderer.stop_ids)
     for view in ("student", "teacher"):
         msgs = list(conversation.messages(view))
-        tools = conversation.tools
-        canon = _turn_by_turn(renderer, msgs, tools, None)
+        tools, fmt = conversation.tools, conversation.tool_format
+        canon = renderer.conversation_segments(msgs, tools, tool_format=fmt)
         canon_ids = [i for _, ids in canon for i in ids]
         ends_with_assistant = bool(msgs) and msgs[-1].get("role") == "assistant"
-        one_shot = renderer.render_ids(msgs, tools, add_generation_prompt=not ends_with_assistant)
+        one_shot = renderer.render_ids(msgs, tools, add_generation_prompt=not ends_with_assistant, tool_format=fmt)
         tail = renderer._after_eot(one_shot) if ends_with_assistant else []
         res.template_exact[view] = one_shot == canon_ids + tail
         # the trajectory's prompt and observations must be exactly the turn-by-turn ones
@@ -244,49 +223,37 @@ def compare_render(traj: Trajectory, conversation, renderer) -> RenderComparison
 
 
 def replay_conversation(traj: Trajectory, stop_ids: Sequence[int], env=None, *, env_kwargs: dict | None = None):
-    """Rebuild the :class:`~pbsd_agents.rollout.Conversation` behind ``traj`` by resetting its
+    """Rebuild the :class:`~pbsd_agents.episode.Conversation` behind ``traj`` by resetting its
     environment to the same task and replaying its finished actions (each segment's ``text``).
 
     ``stop_ids`` tells finished turns (sent to the environment) from an unfinished last one (never sent).
-    ``env`` defaults to ``gymnasium.make(traj.env_id, **env_kwargs)``; pass the same ``env_kwargs``
+    ``env`` defaults to ``make_env(traj.env_id, **env_kwargs)``; pass the same ``env_kwargs``
     (``split``, ``tool_format``...) the trajectory was collected with. Raises ``ValueError`` when the
     task cannot be reproduced (no index, or another task id comes back).
     """
-    import copy
-
-    from .rollout import Conversation
+    from .episode import Episode
 
     if traj.index is None:
         raise ValueError(f"trajectory {traj.task_id!r} has no task index; it cannot be replayed")
     if env is None:
-        import gymnasium
+        from pbsd_agents.envs.registry import make_env
 
-        import pbsd_agents.envs  # noqa: F401
-
-        env = gymnasium.make(traj.env_id, **(env_kwargs or {}))
-    obs, info = env.reset(options={"index": traj.index})
-    if str(info.get("task_id")) != traj.task_id:
-        raise ValueError(f"replaying index {traj.index} of {traj.env_id} gave task {info.get('task_id')!r}, "
+        env = make_env(traj.env_id, **(env_kwargs or {}))
+    episode = Episode(env, options={"index": traj.index})
+    if episode.task_id != traj.task_id:
+        raise ValueError(f"replaying index {traj.index} of {traj.env_id} gave task {episode.task_id!r}, "
                          f"not {traj.task_id!r} (pass the env_kwargs, e.g. split, it was collected with)")
-    privileged = str(info.get("privileged", "") or "")
-    student = copy.deepcopy(list(obs))
-    teacher = copy.deepcopy(list(env.unwrapped.teacher_messages(copy.deepcopy(obs), privileged)))
     stops = set(stop_ids)
     segs = traj.segments
     for k, seg in enumerate(segs):
         if seg.kind != "action":
             continue
-        if not seg.ids or seg.ids[-1] not in stops:
+        if not seg.ids or seg.ids[-1] not in stops or episode.done:
             break  # an unfinished turn never reached the environment
-        obs, _, terminated, truncated, _ = env.step(seg.text)
-        for msgs in (student, teacher):
-            msgs.append({"role": "assistant", "content": seg.text})
+        obs = episode.step(seg.text)
         if k + 1 < len(segs) and segs[k + 1].kind == "observation":
-            for msgs in (student, teacher):
-                msgs.extend(copy.deepcopy(obs))
-        if terminated or truncated:
-            break
-    return Conversation(student, teacher, list(info.get("tools") or []))
+            episode.observe(obs)
+    return episode.conversation
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -363,15 +330,14 @@ def check_jsonl(path: str | Path, tokenizer, *, replay: bool = True, env_kwargs:
 
 
 def _replay_for_check(traj, envs, env_kwargs, renderer, report, lineno):
-    import gymnasium
+    from pbsd_agents.envs.registry import make_env
 
-    import pbsd_agents.envs  # noqa: F401
-
-    if traj.env_id not in gymnasium.registry:
-        report.render_skipped.append(f"line {lineno}: env {traj.env_id!r} is not registered")
-        return None
     if traj.env_id not in envs:
-        envs[traj.env_id] = gymnasium.make(traj.env_id, **(env_kwargs or {}))
+        try:
+            envs[traj.env_id] = make_env(traj.env_id, **(env_kwargs or {}))
+        except ValueError as exc:
+            report.render_skipped.append(f"line {lineno}: {exc}")
+            return None
     try:
         return replay_conversation(traj, renderer.stop_ids, envs[traj.env_id])
     except ValueError as exc:
@@ -419,7 +385,7 @@ def template_drift(tokenizer, conversations: Iterable) -> DriftReport:
     Args:
         tokenizer: any tokenizer with a chat template, or a :class:`~pbsd_agents.chat.ChatRenderer`.
         conversations: message lists, ``{"messages": [...], "tools": [...]}`` dicts, or
-            :class:`~pbsd_agents.rollout.Conversation` objects (both views are checked).
+            :class:`~pbsd_agents.episode.Conversation` objects (both views are checked).
 
     Example:
         >>> from pbsd_agents.loading import byte_tokenizer
@@ -430,21 +396,20 @@ def template_drift(tokenizer, conversations: Iterable) -> DriftReport:
     """
     renderer = _as_renderer(tokenizer)
     report = DriftReport(renderer.describe())
-    items: list[tuple[list[dict], list[dict] | None]] = []
+    items: list[tuple[list[dict], list[dict] | None, str]] = []
     for c in conversations:
         if isinstance(c, dict):
-            items.append((list(c["messages"]), c.get("tools")))
+            items.append((list(c["messages"]), c.get("tools"), c.get("tool_format", "hermes")))
         elif hasattr(c, "student_messages"):
-            items += [(list(c.student_messages), c.tools), (list(c.teacher_messages), c.tools)]
+            items += [(list(m), c.tools, c.tool_format) for m in (c.student_messages, c.teacher_messages)]
         else:
-            items.append((list(c), None))
-    for n, (msgs, tools) in enumerate(items):
+            items.append((list(c), None, "hermes"))
+    for n, (msgs, tools, fmt) in enumerate(items):
         report.conversations += 1
         try:
-            segs = _turn_by_turn(renderer, msgs, tools, None)
-            ids = [i for _, s in segs for i in s]
+            ids, _ = renderer.render_conversation(msgs, tools, tool_format=fmt)
             ends_with_assistant = bool(msgs) and msgs[-1].get("role") == "assistant"
-            one_shot = renderer.render_ids(msgs, tools, add_generation_prompt=not ends_with_assistant)
+            one_shot = renderer.render_ids(msgs, tools, add_generation_prompt=not ends_with_assistant, tool_format=fmt)
             if ends_with_assistant:
                 ids = ids + renderer._after_eot(one_shot)
         except Exception as exc:  # a template that cannot render turn by turn is a finding, not a crash

@@ -122,7 +122,7 @@ def resolve_device(device: str | None = None) -> str:
 
 
 def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_dropout: float = 0.0,
-                device: str | None = None, dtype=None, frozen_teacher: bool = True, tool_format: str = "hermes"):
+                device: str | None = None, dtype=None, frozen_teacher: bool = True):
     """Load a causal LM and its tokenizer as a :class:`~pbsd_agents.models.Policy`.
 
     Args:
@@ -134,10 +134,9 @@ def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_d
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` or ``"auto"`` picks CUDA when available.
         dtype: a torch dtype or its name (``"bfloat16"``); default float32 on CPU, bfloat16 on CUDA when supported.
         frozen_teacher: for full fine-tuning, keep a frozen copy of the initial weights as the teacher.
-        tool_format: call format written into the system message for templates that ignore ``tools=``.
 
-    The returned policy has a ``renderer`` attribute (:class:`~pbsd_agents.chat.ChatRenderer`); the
-    model's generation config stops at the template's end-of-turn token.
+    The policy's renderer uses the preset's end-of-turn token where it names one; the model's
+    generation config stops at the template's end-of-turn token.
 
     Raises:
         FileNotFoundError: the model cannot be found (no such folder, hub unreachable, preset not built).
@@ -167,7 +166,7 @@ def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_d
     src.prepare_tokenizer(tokenizer)
     lm.to(device)
     lm.eval()
-    renderer = ChatRenderer(tokenizer, tool_format=tool_format, eot_token=src.eot_token)
+    renderer = ChatRenderer(tokenizer, eot_token=src.eot_token)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(renderer.stop_ids[-1])
     lm.generation_config.eos_token_id = list(renderer.stop_ids)
@@ -178,6 +177,4 @@ def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_d
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=lora_dropout,
                          target_modules="all-linear", task_type="CAUSAL_LM")
         lm = get_peft_model(lm, cfg)
-    policy = Policy(lm, tokenizer, frozen_teacher=frozen_teacher)
-    policy.renderer = renderer
-    return policy
+    return Policy(lm, tokenizer, renderer=renderer, frozen_teacher=frozen_teacher)

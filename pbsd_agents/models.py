@@ -2,8 +2,7 @@
 
 With LoRA the teacher is the base model with the adapters disabled, so one copy of the weights
 serves both views; with full fine-tuning the teacher is a frozen copy made at start (it costs one
-more copy of the weights in memory). Teacher refresh (DESIGN.md, PBSD options) copies the
-student's adapter into a second, frozen adapter named ``teacher``.
+more copy of the weights in memory). PBSD's optional teacher refresh copies the student's adapter into a second, frozen adapter named ``teacher``.
 """
 
 from __future__ import annotations
@@ -18,11 +17,13 @@ TEACHER_ADAPTER = "teacher"
 
 
 class Policy:
-    """A model + tokenizer pair with a switch between student and teacher weights.
+    """A model, its tokenizer and chat renderer, with a switch between student and teacher weights.
 
     Args:
         model: a transformers causal LM, or a ``peft`` model wrapping one.
-        tokenizer: its tokenizer (with a chat template).
+        tokenizer: its tokenizer (with a chat template), or None for a model used without text.
+        renderer: the :class:`~pbsd_agents.chat.ChatRenderer` of ``tokenizer``; built from it when
+            not given (pass one to set its end-of-turn token).
         frozen_teacher: for full fine-tuning, keep a frozen copy of the initial weights as the teacher.
             Ignored for a peft model (the base weights are the teacher). When False and not LoRA,
             the teacher is the live model (a "moving teacher").
@@ -37,9 +38,14 @@ class Policy:
         True
     """
 
-    def __init__(self, model, tokenizer, *, frozen_teacher: bool = True):
+    def __init__(self, model, tokenizer, *, renderer=None, frozen_teacher: bool = True):
         self.model = model
         self.tokenizer = tokenizer
+        if renderer is None and tokenizer is not None:
+            from .chat import ChatRenderer
+
+            renderer = ChatRenderer(tokenizer)
+        self.renderer = renderer
         self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
         self._teacher_copy = None
         self._has_teacher_adapter = False

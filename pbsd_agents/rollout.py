@@ -30,53 +30,31 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import numbers
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from .engines import Engine, Generation, SamplingParams
+from .episode import VIEWS, Conversation, Episode
 from .trajectory import Segment, Trajectory
 
 __all__ = ["Collector", "Conversation"]
 
-VIEWS = ("student", "teacher")
-
 
 @dataclass
-class Conversation:
-    """The messages behind a trajectory: what the chat template renders into its two views."""
+class _Rollout:
+    """An :class:`Episode` being generated, with its token-level record."""
 
-    student_messages: list[dict]
-    teacher_messages: list[dict]
-    tools: list[dict]
-
-    def messages(self, view: str) -> list[dict]:
-        return self.student_messages if view == "student" else self.teacher_messages
-
-
-@dataclass
-class _Episode:
     order: int  # position in the task list (results come back in this order)
-    env: Any
     env_id: str
-    task_id: str
-    index: int | None
-    privileged: str
-    conv: Conversation
+    episode: Episode
     student_prompt_ids: list[int]
     teacher_prompt_ids: list[int]
     context: list[int]  # the generating view's ids so far (prompt + segments)
     segments: list[Segment] = field(default_factory=list)
     used: int = 0  # segment tokens so far (the token budget's count)
-    turns: int = 0
-    parse_errors: int = 0
-    reward: float = 0.0
-    success: bool = False
-    truncated: bool = False
-    done: bool = False
 
 
 def _task_spec(task) -> tuple[int | None, dict | None]:
@@ -128,9 +106,7 @@ class Collector:
         ``engine`` is ``"hf"`` (default), ``"vllm"`` (experimental; the student is served from the
         policy's LoRA adapter, pushed to vLLM at the start of every student collection) or an engine object.
         """
-        from .chat import ChatRenderer
-
-        renderer = getattr(policy, "renderer", None) or ChatRenderer(policy.tokenizer)
+        renderer = policy.renderer
         before = None
         if engine == "hf":
             from .engines import HFEngine
@@ -159,19 +135,13 @@ class Collector:
     # ---- environments --------------------------------------------------------------------------
 
     def _envs(self, env, count: int, env_kwargs: dict | None) -> tuple[list, str]:
-        import gymnasium
-
         if isinstance(env, str):
-            import pbsd_agents.envs  # noqa: F401  (registers the pbsd/ ids)
+            from pbsd_agents.envs.registry import make_env
 
-            if env not in gymnasium.registry:
-                from pbsd_agents.envs import ENVIRONMENTS
-
-                raise ValueError(f"unknown env {env!r}; registered pbsd envs: {', '.join(ENVIRONMENTS)}")
             key = env + json.dumps(env_kwargs or {}, sort_keys=True, default=str)
             pool = self._env_cache.setdefault(key, [])
             while len(pool) < count:
-                pool.append(gymnasium.make(env, **(env_kwargs or {})))
+                pool.append(make_env(env, **(env_kwargs or {})))
             return pool[:count], env
         if env_kwargs:
             raise ValueError("env_kwargs only apply when the env is given by id")
@@ -234,7 +204,7 @@ class Collector:
         bar = tqdm(total=len(specs), desc=f"rollout ({view})", unit="traj", disable=not show, leave=False)
         pending = deque(enumerate(specs))
         free = deque(envs)
-        active: list[_Episode] = []
+        active: list[_Rollout] = []
         results: list[tuple[Trajectory, Conversation] | None] = [None] * len(specs)
         generated = 0
         round_no = 0
@@ -255,9 +225,9 @@ class Collector:
                 for ep, gen, limit in zip(active, gens, rows):
                     generated += min(len(gen.ids), limit)
                     self._advance(ep, gen, limit, view, max_turns, max_tokens)
-                    if ep.done:
+                    if ep.episode.done:
                         results[ep.order] = self._finish(ep, view)
-                        free.append(ep.env)
+                        free.append(ep.episode.env)
                         bar.update(1)
                     else:
                         still.append(ep)
@@ -267,24 +237,18 @@ class Collector:
             bar.close()
         return results  # type: ignore[return-value]
 
-    def _start(self, env, env_id: str, order: int, spec, view: str) -> _Episode:
+    def _start(self, env, env_id: str, order: int, spec, view: str) -> _Rollout:
         seed, options = spec
-        obs, info = env.reset(seed=seed, options=options)
-        privileged = str(info.get("privileged", "") or "")
-        if privileged and any(privileged in str(m.get("content", "")) for m in obs):
-            raise ValueError(f"{env_id}: task {info.get('task_id')!r} shows its privileged text in the student messages")
-        tools = list(info.get("tools") or [])
-        student = copy.deepcopy(list(obs))
-        teacher = copy.deepcopy(list(env.unwrapped.teacher_messages(copy.deepcopy(obs), privileged)))
-        s_ids = self.renderer.prompt_ids(student, tools)
-        t_ids = self.renderer.prompt_ids(teacher, tools)
-        return _Episode(
-            order=order, env=env, env_id=env_id, task_id=str(info.get("task_id", order)), index=info.get("index"),
-            privileged=privileged, conv=Conversation(student, teacher, tools),
-            student_prompt_ids=s_ids, teacher_prompt_ids=t_ids, context=list(s_ids if view == "student" else t_ids),
-        )
+        episode = Episode(env, seed=seed, options=options)
+        if episode.privileged_in_student_view():
+            raise ValueError(f"{env_id}: task {episode.task_id!r} shows its privileged text in the student messages")
+        conv = episode.conversation
+        s_ids = self.renderer.prompt_ids(conv.student_messages, conv.tools, tool_format=conv.tool_format)
+        t_ids = self.renderer.prompt_ids(conv.teacher_messages, conv.tools, tool_format=conv.tool_format)
+        return _Rollout(order=order, env_id=env_id, episode=episode, student_prompt_ids=s_ids, teacher_prompt_ids=t_ids,
+                        context=list(s_ids if view == "student" else t_ids))
 
-    def _advance(self, ep: _Episode, gen: Generation, limit: int, view: str, max_turns: int | None, max_tokens: int) -> None:
+    def _advance(self, ep: _Rollout, gen: Generation, limit: int, view: str, max_turns: int | None, max_tokens: int) -> None:
         ids, logprobs, finished = list(gen.ids), list(gen.logprobs), gen.finished
         if len(ids) > limit:  # this row's share of the batch's max_new_tokens (its budget) ran out
             ids, logprobs, finished = ids[:limit], logprobs[:limit], False
@@ -294,41 +258,34 @@ class Collector:
         ep.segments.append(Segment("action", ids, logprobs, text))
         ep.context.extend(ids)
         ep.used += len(ids)
-        ep.turns += 1
+        episode = ep.episode
         if not finished:  # cut by max_new_tokens or the token budget: the env never sees half a turn
-            ep.truncated, ep.done = True, True
+            episode.turns += 1  # an unfinished turn still counts as generated
+            episode.cut()
             return
-        obs, reward, terminated, truncated, info = ep.env.step(text)
-        ep.parse_errors += int(info.get("num_parse_errors", 0) or 0)
-        turn = {"role": "assistant", "content": text}
-        ep.conv.student_messages.append(dict(turn))
-        ep.conv.teacher_messages.append(dict(turn))
-        if terminated or truncated:
-            ep.reward = float(reward)
-            ep.success = bool(info.get("success", reward >= 1.0))
-            ep.truncated = bool(truncated) and not terminated
-            ep.done = True
+        obs = episode.step(text)
+        if episode.done:
             return
-        if max_turns is not None and ep.turns >= max_turns:
-            ep.truncated, ep.done = True, True
+        if max_turns is not None and episode.turns >= max_turns:
+            episode.cut()
             return
-        delta = self.renderer.observation_ids(ep.conv.messages(view), obs, ep.conv.tools)
+        conv = episode.conversation
+        delta = self.renderer.observation_ids(conv.messages(view), obs, conv.tools, tool_format=conv.tool_format)
         if ep.used + len(delta) >= max_tokens:  # no room left for even one more action token
-            ep.truncated, ep.done = True, True
+            episode.cut()
             return
         ep.segments.append(Segment("observation", delta, None, self.renderer.decode(delta)))
         ep.context.extend(delta)
         ep.used += len(delta)
-        ep.conv.student_messages.extend(copy.deepcopy(obs))
-        ep.conv.teacher_messages.extend(copy.deepcopy(obs))
+        episode.observe(obs)
 
     @staticmethod
-    def _finish(ep: _Episode, view: str) -> tuple[Trajectory, Conversation]:
+    def _finish(ep: _Rollout, view: str) -> tuple[Trajectory, Conversation]:
+        e = ep.episode
         traj = Trajectory(
-            env_id=ep.env_id, task_id=ep.task_id, source=view, privileged=ep.privileged,
+            env_id=ep.env_id, task_id=e.task_id or str(ep.order), source=view, privileged=e.privileged,
             student_prompt_ids=ep.student_prompt_ids, teacher_prompt_ids=ep.teacher_prompt_ids,
-            segments=ep.segments, reward=ep.reward,
-            success=ep.success, turns=ep.turns, truncated=ep.truncated, num_parse_errors=ep.parse_errors,
-            index=ep.index,
+            segments=ep.segments, reward=e.reward, success=e.success, turns=e.turns, truncated=e.truncated,
+            num_parse_errors=e.parse_errors, index=e.index, task_info=e.task_info,
         )
-        return traj, ep.conv
+        return traj, e.conversation

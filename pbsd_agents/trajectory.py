@@ -63,6 +63,7 @@ class Trajectory:
     truncated: bool = False
     num_parse_errors: int = 0
     index: int | None = None  # the task's index in its split, when known
+    task_info: dict = field(default_factory=dict)  # the env's own reset info for the task (e.g. a category)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -112,7 +113,7 @@ class Trajectory:
     # ---- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        """The JSON-lines record fixed in DESIGN.md (``version`` first)."""
+        """The JSON-lines record (``version`` first; ``task_info`` only when the env reported any)."""
         s_ids, s_mask = self.student_view()
         t_ids, t_mask = self.teacher_view()
         return {
@@ -127,6 +128,7 @@ class Trajectory:
             "turns": self.turns,
             "truncated": self.truncated,
             "num_parse_errors": self.num_parse_errors,
+            **({"task_info": self.task_info} if self.task_info else {}),
             "student_prompt_len": len(self.student_prompt_ids),
             "teacher_prompt_len": len(self.teacher_prompt_ids),
             "student_input_ids": s_ids,
@@ -156,7 +158,7 @@ class Trajectory:
             env_id=d["env_id"], task_id=d["task_id"], source=d["source"], privileged=d["privileged"],
             student_prompt_ids=list(s_ids[:s_len]), teacher_prompt_ids=list(t_ids[:t_len]), segments=segments,
             reward=d["reward"], success=d["success"], turns=d["turns"], truncated=d["truncated"],
-            num_parse_errors=d.get("num_parse_errors", 0), index=d.get("index"),
+            num_parse_errors=d.get("num_parse_errors", 0), index=d.get("index"), task_info=dict(d.get("task_info") or {}),
         )
         if traj.student_view() != (s_ids, d["student_action_mask"]) or traj.teacher_view() != (
             t_ids, d["teacher_action_mask"]

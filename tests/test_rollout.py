@@ -126,7 +126,7 @@ def test_env_instances_and_errors():
     collector, _ = oracle_collector("byte", range(3))
     trajs = collector.collect([AdderEnv(), AdderEnv()], [0, 1, 2])
     assert all(t.success for t in trajs) and trajs[0].env_id == "AdderEnv"
-    with pytest.raises(ValueError, match="registered pbsd envs"):
+    with pytest.raises(ValueError, match="unknown env .pbsd/Nope-v0.; registered envs: pbsd/"):
         collector.collect("pbsd/Nope-v0", [0])
     with pytest.raises(ValueError, match="view must be"):
         collector.collect(TOY_ENV_ID, [0], view="oracle")

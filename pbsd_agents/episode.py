@@ -1,0 +1,159 @@
+"""Episodes: play (or replay) one environment episode into a conversation with both views.
+
+Everything that runs an env turn by turn goes through :class:`Episode`: the rollout collector
+(turns sampled from a model), the trajectory invariants (a trajectory's turns replayed), the env
+test kit, the default model's build and the benchmarks (the oracle's turns). It resets the env,
+builds the student messages and the teacher's (``env.unwrapped.teacher_messages``), sends each
+assistant turn to the env, and keeps the outcome. No torch here.
+
+Example:
+    >>> import gymnasium
+    >>> import pbsd_agents  # registers the pbsd/ envs
+    >>> ep = play_oracle(gymnasium.make("pbsd/MathCalc-v0"), options={"index": 0})
+    >>> ep.done, ep.success, ep.turns == len(ep.conversation.assistant_turns())
+    (True, True, True)
+    >>> [m["role"] for m in ep.conversation.student_messages][:4]
+    ['system', 'user', 'assistant', 'tool']
+    >>> ep.privileged in ep.conversation.teacher_messages[1]["content"]
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+__all__ = ["Conversation", "Episode", "play", "play_oracle"]
+
+# Reset-info keys every env reports; everything else in reset info is the task's own (``Episode.task_info``).
+CONTRACT_INFO_KEYS = ("tools", "privileged", "task_id", "index", "tool_format")
+VIEWS = ("student", "teacher")
+
+
+@dataclass
+class Conversation:
+    """The messages behind a trajectory, in both views, with the tools and call format of its env.
+
+    The two views differ only in the prompt: assistant turns and environment messages are added to both.
+    """
+
+    student_messages: list[dict]
+    teacher_messages: list[dict]
+    tools: list[dict] = field(default_factory=list)
+    tool_format: str = "hermes"
+
+    def messages(self, view: str) -> list[dict]:
+        if view not in VIEWS:
+            raise ValueError(f"view must be 'student' or 'teacher', got {view!r}")
+        return self.student_messages if view == "student" else self.teacher_messages
+
+    def add(self, messages: Iterable[dict]) -> None:
+        """Append ``messages`` (copied) to both views."""
+        for m in messages:
+            self.student_messages.append(copy.deepcopy(m))
+            self.teacher_messages.append(copy.deepcopy(m))
+
+    def assistant_turns(self) -> list[str]:
+        return [m["content"] for m in self.student_messages if m.get("role") == "assistant"]
+
+
+class Episode:
+    """One episode of ``env``, reset on construction and advanced one assistant turn at a time.
+
+    Args:
+        env: a gymnasium env following the kit's contract (reset info has ``privileged``, ``tools``...).
+        seed, options: passed to ``env.reset`` (``options={"index": i}`` picks task i).
+
+    Attributes:
+        conversation: the :class:`Conversation` so far (both views).
+        info: the reset info; ``task_info`` is its env-specific part (e.g. a BFCL category).
+        turns, reward, success, truncated, done, parse_errors: the outcome so far.
+        last_step: the env's last ``step()`` result ``(obs, reward, terminated, truncated, info)``.
+    """
+
+    def __init__(self, env, *, seed: int | None = None, options: dict | None = None):
+        self.env = env
+        obs, info = env.reset(seed=seed, options=options)
+        self.info: dict = info
+        self.privileged = str(info.get("privileged", "") or "")
+        self.task_id = str(info.get("task_id", ""))
+        self.index: int | None = info.get("index")
+        student = copy.deepcopy(list(obs))
+        teacher = copy.deepcopy(list(env.unwrapped.teacher_messages(copy.deepcopy(list(obs)), self.privileged)))
+        self.conversation = Conversation(student, teacher, list(info.get("tools") or []),
+                                         str(info.get("tool_format") or getattr(env.unwrapped, "tool_format", "hermes")))
+        self.turns = 0
+        self.parse_errors = 0
+        self.reward = 0.0
+        self.success = False
+        self.truncated = False
+        self.done = False
+        self.last_step: tuple | None = None
+
+    @property
+    def task_info(self) -> dict[str, Any]:
+        return {k: v for k, v in self.info.items() if k not in CONTRACT_INFO_KEYS}
+
+    def privileged_in_student_view(self) -> bool:
+        """True when the privileged text shows in the student's initial messages (a broken env)."""
+        p = self.privileged
+        return bool(p) and any(p in str(m.get("content", "")) for m in self.conversation.student_messages)
+
+    def step(self, text: str) -> list[dict]:
+        """Send one finished assistant turn; return the env's new messages.
+
+        The turn is added to the conversation; the new messages are not (call :meth:`observe` to add
+        them: the collector leaves them out when its token budget ends the episode first).
+        """
+        if self.done:
+            raise RuntimeError("the episode is over")
+        self.last_step = self.env.step(text)
+        obs, reward, terminated, truncated, info = self.last_step
+        self.turns += 1
+        self.parse_errors += int(info.get("num_parse_errors", 0) or 0)
+        self.conversation.add([{"role": "assistant", "content": text}])
+        if terminated or truncated:
+            self.reward = float(reward)
+            self.success = bool(info.get("success", reward >= 1.0))
+            self.truncated = bool(truncated) and not terminated
+            self.done = True
+        return list(obs)
+
+    def observe(self, messages: Iterable[dict]) -> None:
+        """Add the env's new messages to the conversation (both views)."""
+        self.conversation.add(messages)
+
+    def cut(self) -> None:
+        """End the episode from outside (a turn or token limit): truncated, reward 0."""
+        self.truncated, self.done = True, True
+
+    def play(self, turns: Iterable[str] | Callable[["Episode"], str | None], *, max_turns: int | None = None) -> "Episode":
+        """Play on to the end: ``turns`` is a list of assistant turns, or a function of the episode
+        that returns the next turn (``None`` stops). Stops when the env ends the episode, the turns
+        run out, or ``max_turns`` is reached (the episode is then cut). Returns ``self``.
+        """
+        nxt = turns if callable(turns) else (lambda it: lambda ep: next(it, None))(iter(list(turns)))
+        while not self.done:
+            if max_turns is not None and self.turns >= max_turns:
+                self.cut()
+                break
+            text = nxt(self)
+            if text is None:
+                break
+            obs = self.step(text)
+            if not self.done:
+                self.observe(obs)
+        return self
+
+
+def play(env, turns: Iterable[str] | Callable[[Episode], str | None], *, seed: int | None = None,
+         options: dict | None = None, max_turns: int | None = None) -> Episode:
+    """Reset ``env`` and play one episode (see :meth:`Episode.play`)."""
+    return Episode(env, seed=seed, options=options).play(turns, max_turns=max_turns)
+
+
+def play_oracle(env, *, seed: int | None = None, options: dict | None = None) -> Episode:
+    """Reset ``env`` and play the task's oracle turns (``env.unwrapped.oracle_actions()``)."""
+    ep = Episode(env, seed=seed, options=options)
+    return ep.play(env.unwrapped.oracle_actions())

@@ -108,6 +108,7 @@ class Episode:
         """
         if self.done:
             raise RuntimeError("the episode is over")
+        self.last_step = None  # stays None when step() raises
         self.last_step = self.env.step(text)
         obs, reward, terminated, truncated, info = self.last_step
         self.turns += 1

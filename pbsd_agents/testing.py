@@ -122,20 +122,21 @@ class CheckReport:
 # ---- discovery -----------------------------------------------------------------------------------
 
 
-def registered_env_ids(namespace: str = "pbsd") -> list[str]:
-    """The ids registered with gymnasium in ``namespace`` (``pbsd/...`` by default), sorted.
+def registered_env_ids(namespace: str | None = None) -> list[str]:
+    """The ids registered with gymnasium in ``namespace``, sorted; by default every id that is not
+    gymnasium's own (the ``pbsd/`` envs and yours, whatever their namespace).
 
     Example:
-        >>> "pbsd/ToolCall-v0" in registered_env_ids()
-        True
+        >>> "pbsd/ToolCall-v0" in registered_env_ids(), "CartPole-v1" in registered_env_ids()
+        (True, False)
     """
-    import pbsd_agents.envs  # noqa: F401  (registers the pbsd/ ids)
+    from pbsd_agents.envs.registry import registered_ids
 
-    return sorted(i for i, spec in gym.registry.items() if spec.namespace == namespace)
+    return sorted(i for i in registered_ids() if namespace is None or gym.registry[i].namespace == namespace)
 
 
-def buildable_env_ids(namespace: str = "pbsd") -> list[str]:
-    """The registered ids that ``gymnasium.make(id)`` builds without arguments.
+def buildable_env_ids(namespace: str | None = None) -> list[str]:
+    """The registered ids (see :func:`registered_env_ids`) that ``gymnasium.make(id)`` builds without arguments.
 
     Envs that need arguments (loaders wanting a data path) are left out, and so is any env whose
     module fails to import: test those explicitly, so a broken module is not silently skipped.
@@ -309,10 +310,11 @@ def _oracle_resets(env: gym.Env, seed: int, oracle_tasks: int | Sequence[int]) -
 
 
 def _check_oracle(env: gym.Env, report: CheckReport, *, seed: int, oracle_tasks: int | Sequence[int]) -> None:
+    from .episode import Episode
+
     for kwargs in _oracle_resets(env, seed, oracle_tasks):
         where = "[oracle reset(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")]"
-        _, info = env.reset(**kwargs)
-        privileged = info.get("privileged", "")
+        ep = Episode(env, **kwargs)
         actions = env.unwrapped.oracle_actions()
         if not actions:
             report.add(f"{where} oracle_actions() is empty")
@@ -320,23 +322,26 @@ def _check_oracle(env: gym.Env, report: CheckReport, *, seed: int, oracle_tasks:
         said = ""
         for turn, action in enumerate(actions, 1):
             said += action
-            result = env.step(action)
-            problems = _step_problems(env, result, action, privileged, said)
+            try:
+                ep.step(action)
+            except Exception:
+                if ep.last_step is None:  # step() itself raised: the stage reports it
+                    raise
+            problems = _step_problems(env, ep.last_step, action, ep.privileged, said)
             for p in problems:
                 report.add(f"{where} turn {turn}: {p}")
             if problems:
                 break
-            _, reward, terminated, truncated, step_info = result
-            done = terminated or truncated
-            if done and turn < len(actions):
-                report.add(f"{where} the episode ended at turn {turn} of the oracle's {len(actions)} (reward {reward})")
+            step_info = ep.last_step[4]
+            if ep.done and turn < len(actions):
+                report.add(f"{where} the episode ended at turn {turn} of the oracle's {len(actions)} (reward {ep.reward})")
                 break
             if turn == len(actions):
-                if not done:
+                if not ep.done:
                     report.add(f"{where} the episode is not over after the oracle's {turn} turn(s)")
-                elif reward != 1.0 or step_info.get("success") is not True:
+                elif ep.reward != 1.0 or step_info.get("success") is not True:
                     report.add(
-                        f"{where} the oracle did not solve the task: reward {reward}, success "
+                        f"{where} the oracle did not solve the task: reward {ep.reward}, success "
                         f"{step_info.get('success')}, info {_short(step_info, 200)}"
                     )
                 else:

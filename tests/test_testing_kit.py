@@ -1,10 +1,7 @@
 """The env-author test kit: it passes good environments, fails broken ones, and runs on every pbsd/ env."""
 
-import importlib.util
 import random
-import sys
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -12,24 +9,10 @@ import pytest
 from pbsd_agents.envs import ChatToolEnv, Task
 from pbsd_agents.testing import ADVERSARIAL_TEMPLATES, CheckReport, buildable_env_ids, check_env, fuzz_actions, registered_env_ids
 from pbsd_agents.tools import Tool, format_tool_call
+from scripts import custom_env_example as example
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 NUM_FUZZ = 1000  # what the issue asks of every env; each env takes a few seconds at most
 
-
-def _load_example():
-    path = ROOT / "scripts" / "custom_env_example.py"
-    if "custom_env_example" in sys.modules:
-        return sys.modules["custom_env_example"]
-    spec = importlib.util.spec_from_file_location("custom_env_example", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["custom_env_example"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-example = _load_example()
 LibraryEnv = example.LibraryEnv
 
 
@@ -212,24 +195,27 @@ def test_render_is_exercised_without_a_spec():
 # ---- discovery -----------------------------------------------------------------------------------
 
 LOADERS = {
-    "pbsd/BFCL-v0": lambda d: {"data_path": str(d / "bfcl" / "BFCL_v3_simple.json")},
-    "pbsd/GSM8K-v0": lambda d: {"data_path": str(d / "gsm8k" / "train.jsonl")},
-    "pbsd/TauRetail-v0": lambda d: {"data_dir": str(d / "tau_bench" / "retail")},
+    "pbsd/BFCL-v0": lambda data: {"data_path": str(data("bfcl", "BFCL_v3_simple.json"))},
+    "pbsd/GSM8K-v0": lambda data: {"data_path": str(data("gsm8k", "train.jsonl"))},
+    "pbsd/TauRetail-v0": lambda data: {"data_dir": str(data("tau_bench", "retail"))},
 }
-PROCEDURAL = [i for i in registered_env_ids() if i not in LOADERS]
+PROCEDURAL = [i for i in registered_env_ids("pbsd") if i not in LOADERS]
 
 
 def test_registered_ids():
-    ids = registered_env_ids()
+    ids = registered_env_ids("pbsd")
     assert set(LOADERS) <= set(ids) and {"pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0"} <= set(ids)
     assert all(i.startswith("pbsd/") for i in ids)
     assert example.ENV_ID in registered_env_ids("my")
+    # by default the user's own envs are listed too, gymnasium's are not
+    assert {example.ENV_ID, "pbsd/ToolCall-v0"} <= set(registered_env_ids()) and "CartPole-v1" not in registered_env_ids()
 
 
 def test_buildable_ids_leave_out_loaders():
-    buildable = buildable_env_ids()
+    buildable = buildable_env_ids("pbsd")
     assert not set(buildable) & set(LOADERS)
     assert set(buildable) <= set(PROCEDURAL)
+    assert example.ENV_ID in buildable_env_ids()  # the README's pytest recipe reaches the user's env
 
 
 @pytest.mark.parametrize("env_id", PROCEDURAL)
@@ -241,11 +227,7 @@ def test_kit_on_procedural_env(env_id):
 
 
 @pytest.mark.parametrize("env_id", sorted(LOADERS))
-def test_kit_on_loader_env(env_id):
-    kwargs = LOADERS[env_id](DATA)
-    missing = [p for p in kwargs.values() if not Path(p).exists()]
-    if missing:
-        pytest.skip(f"reference data not found: {missing[0]} (expected under {DATA})")
-    report = check_env(gym.make(env_id, **kwargs), num_fuzz=NUM_FUZZ)
+def test_kit_on_loader_env(env_id, shared_data):
+    report = check_env(gym.make(env_id, **LOADERS[env_id](shared_data)), num_fuzz=NUM_FUZZ)
     print(report)
     assert report.fuzz_steps == NUM_FUZZ

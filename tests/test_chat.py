@@ -1,16 +1,13 @@
 """ChatRenderer: prompt ids, observation deltas, end-of-turn detection, and the template fallbacks."""
 
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rollout_helpers import qwen_tokenizer, renderer_for  # noqa: E402
+from tests.support import qwen_tokenizer, renderer_for
 
-from pbsd_agents.chat import ChatRenderer, TemplateError, tools_system_text  # noqa: E402
-from pbsd_agents.loading import byte_tokenizer  # noqa: E402
+from pbsd_agents.chat import ChatRenderer, TemplateError, tools_system_text
+from pbsd_agents.loading import byte_tokenizer
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "Add two integers.",
                                            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]

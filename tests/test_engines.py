@@ -4,18 +4,15 @@ forward pass of the same weights."""
 
 import copy
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rollout_helpers import byte_tok, renderer_for, tiny_model  # noqa: E402
+from tests.support import byte_tok, renderer_for, tiny_model
 
-from pbsd_agents.engines import Engine, Generation, HFEngine, SamplingParams, VLLMEngine, cut_at_stop  # noqa: E402
-from pbsd_agents.loading import build_tiny_model  # noqa: E402
-from pbsd_agents.models import Policy  # noqa: E402
+from pbsd_agents.engines import Engine, Generation, HFEngine, SamplingParams, VLLMEngine, cut_at_stop
+from pbsd_agents.loading import build_tiny_model
+from pbsd_agents.models import Policy
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

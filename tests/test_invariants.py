@@ -2,23 +2,20 @@
 
 import copy
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rollout_helpers import (  # noqa: E402
+from tests.support import (
     TOY_ENV_ID, AdderEnv, ScriptedEngine, byte_tok, oracle_script, qwen_tokenizer, renderer_for, tiny_model,
 )
 
-from pbsd_agents.engines import HFEngine  # noqa: E402
-from pbsd_agents.invariants import (  # noqa: E402
+from pbsd_agents.engines import HFEngine
+from pbsd_agents.invariants import (
     check_jsonl, check_trajectory, compare_render, replay_conversation, template_drift,
 )
-from pbsd_agents.models import Policy  # noqa: E402
-from pbsd_agents.rollout import Collector  # noqa: E402
-from pbsd_agents.trajectory import Segment, save_jsonl  # noqa: E402
+from pbsd_agents.models import Policy
+from pbsd_agents.rollout import Collector
+from pbsd_agents.trajectory import Segment, save_jsonl
 
 TOKENIZERS = ["byte", "qwen"]
 

@@ -1,19 +1,16 @@
 """The collector: lockstep batches, segments, budgets, views, and isolation of parse errors."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rollout_helpers import (  # noqa: E402
+from tests.support import (
     TOY_ENV_ID, AdderEnv, ScriptedEngine, byte_tok, oracle_script, renderer_for, tiny_model,
 )
 
-from pbsd_agents.engines import HFEngine, SamplingParams  # noqa: E402
-from pbsd_agents.invariants import check_trajectory  # noqa: E402
-from pbsd_agents.models import Policy  # noqa: E402
-from pbsd_agents.rollout import Collector  # noqa: E402
+from pbsd_agents.engines import HFEngine, SamplingParams
+from pbsd_agents.invariants import check_trajectory
+from pbsd_agents.models import Policy
+from pbsd_agents.rollout import Collector
 
 TOKENIZERS = ["byte", "qwen"]
 

@@ -1,0 +1,166 @@
+"""Shared pieces of the tests: reference data, tokenizers, tiny models, a toy multi-turn env, a scripted engine.
+
+Imported as ``tests.support`` (pytest puts the repository root on ``sys.path``); ``conftest.py``
+turns the data lookup into the ``shared_data`` fixture. Expensive objects are cached for the whole
+pytest process.
+
+The reference-data folder (public benchmark files, a real tokenizer) is not part of the repository:
+it sits beside the checkout as ``../shared/data`` in the team's workspace and CI, or wherever
+``PBSD_TEST_DATA`` points. A test that needs it is skipped, with a one-line reason naming the
+missing path, when it is absent, so a fresh clone runs the suite with skips rather than failures.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import gymnasium
+import pytest
+
+from pbsd_agents.engines import Generation
+from pbsd_agents.envs import ChatToolEnv, Task
+from pbsd_agents.tools import Tool, format_tool_call
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PBSD_TEST_DATA", ROOT.parent / "shared" / "data"))
+TOY_ENV_ID = "pbsd-test/Adder-v0"
+BROKEN_CALL = '<tool_call>{"name": "add", "arguments": {"a": 1,</tool_call>'
+
+
+def data_path(*parts: str) -> Path:
+    """The path of ``parts`` under the reference-data folder, or skip the calling test when it is absent."""
+    path = DATA_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs reference data {'/'.join(parts)} (not found under {DATA_DIR}; set PBSD_TEST_DATA)")
+    return path
+
+
+def qwen_dir() -> Path:
+    """The real Qwen2.5-Instruct tokenizer folder (tool-calling template), or skip."""
+    return data_path("tokenizers", "qwen2.5-instruct")
+
+
+@functools.lru_cache(maxsize=None)
+def _qwen(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def qwen_tokenizer():
+    """The real Qwen2.5 tokenizer + tool-calling template (eos left as in its config: <|endoftext|>)."""
+    return _qwen(str(qwen_dir()))
+
+
+@functools.lru_cache(maxsize=None)
+def byte_tok():
+    from pbsd_agents.loading import byte_tokenizer
+
+    return byte_tokenizer()
+
+
+@functools.lru_cache(maxsize=None)
+def renderer_for(name: str):
+    from pbsd_agents.chat import ChatRenderer
+
+    return ChatRenderer(qwen_tokenizer() if name == "qwen" else byte_tok())
+
+
+def tokenizer_for(name: str):
+    return qwen_tokenizer() if name == "qwen" else byte_tok()
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(name: str = "byte", hidden: int = 32, layers: int = 1, mean_turn: float = 6.0, seed: int = 0):
+    """A tiny random Qwen2 for the tokenizer ``name`` whose turns last about ``mean_turn`` tokens.
+    Do not modify it (it is shared); build your own with build_tiny_model for that."""
+    from pbsd_agents.loading import build_tiny_model
+
+    r = renderer_for(name)
+    return build_tiny_model(tokenizer_for(name), hidden_size=hidden, num_layers=layers, seed=seed,
+                            eot_mean_length=mean_turn, eot_token=r.eot_token)
+
+
+class AdderEnv(ChatToolEnv):
+    """Toy multi-turn env: add a and b, add c to the sum (two calls), then say the total."""
+
+    num_tasks = 50
+
+    def make_task(self, index: int) -> Task:
+        a, b, c = 3 + index, 10 + 2 * index, 100 + index
+        add = Tool("add", "Add two integers.",
+                   {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                    "required": ["a", "b"], "additionalProperties": False},
+                   lambda a, b: f"result = {a + b}")
+        total = a + b + c
+        return Task(
+            task_id=f"adder-{self.split}-{index}",
+            messages=[{"role": "system", "content": "Use the add tool. Answer with the total."},
+                      {"role": "user", "content": f"Task {index}: what is {a} + {b} + {c}?"}],
+            privileged=f"SECRET-PLAN-{index}: add {a} and {b}, then add {c}; the total is {total}",
+            oracle=[format_tool_call("add", {"a": a, "b": b}), format_tool_call("add", {"a": a + b, "b": c}),
+                    f"The total is {total}."],
+            tools=[add], answer=total,
+        )
+
+    def score(self, final_text, calls):
+        return float(str(self.task.answer) in final_text), {}
+
+
+if TOY_ENV_ID not in gymnasium.registry:
+    gymnasium.register(TOY_ENV_ID, entry_point=AdderEnv)
+
+
+class ScriptedEngine:
+    """An engine that plays scripted assistant turns: ``script(prompt_text, turn) -> str or list[int]``.
+
+    A str is encoded and closed with the end-of-turn token; a list of ids is used as given. Logprobs
+    are a constant. Rows are cut at ``sampling.max_new_tokens`` (unfinished then). Every call is
+    recorded in ``calls`` as ``(prompts, sampling, teacher)``.
+    """
+
+    def __init__(self, renderer, script, logprob: float = -0.25):
+        self.renderer = renderer
+        self.script = script
+        self.logprob = logprob
+        self.stop_ids = renderer.stop_ids
+        self.calls = []
+        self._marker = renderer.generation_prompt_ids()
+
+    def turn_of(self, prompt: list[int]) -> int:
+        m = self._marker
+        return sum(1 for i in range(len(prompt) - len(m) + 1) if prompt[i:i + len(m)] == m) - 1
+
+    def generate(self, prompts, sampling, teacher=False):
+        self.calls.append(([list(p) for p in prompts], sampling, teacher))
+        out = []
+        for p in prompts:
+            action = self.script(self.renderer.decode(p), self.turn_of(list(p)))
+            ids = list(action) if isinstance(action, list) else self.renderer.encode(action) + [self.renderer.eot_id]
+            finished = len(ids) <= sampling.max_new_tokens and ids[-1] in self.stop_ids
+            ids = ids[: sampling.max_new_tokens]
+            out.append(Generation(ids, [self.logprob] * len(ids), finished))
+        return out
+
+
+def oracle_script(env_id_or_cls, indices, *, faults=(), env_kwargs=None):
+    """A script that plays each task's oracle turns (tasks recognised by their user message);
+    ``faults``: task indices whose first turn is a malformed tool call instead."""
+    env = env_id_or_cls(**(env_kwargs or {})) if isinstance(env_id_or_cls, type) else gymnasium.make(env_id_or_cls, **(env_kwargs or {}))
+    table = []
+    for i in sorted(set(indices)):
+        obs, _ = env.reset(options={"index": i})
+        user = [m["content"] for m in obs if m["role"] == "user"][0]
+        table.append((user, list(env.unwrapped.oracle_actions()), i in faults))
+
+    def script(text: str, turn: int):
+        for user, oracle, faulty in table:
+            if user in text:
+                if faulty and turn == 0:
+                    return BROKEN_CALL
+                return oracle[min(turn - (1 if faulty else 0), len(oracle) - 1)]
+        raise AssertionError("scripted engine: unknown task in prompt")
+
+    return script

@@ -7,19 +7,19 @@
 From the same initial model (default: the embedded one), every method trains on each environment
 with each seed until it has sampled ``--budget`` trajectories (teacher samples count) or hit the
 per-run wall-clock cap, evaluating held-out greedy success along the way. Each run's result is saved
-as it finishes (``<runs-dir>/results/<env>__<method>__s<seed>.json``), so an interrupted study
-resumes where it stopped. Then ``docs/RESULTS.md`` is written: per environment, mean ± std of final
-and peak success, final/peak (stability), sampled tokens to reach a success level (token
-efficiency), wall time, and a PNG of the curves.
+as it finishes (``<runs-dir>/results/<env>__<method>__s<seed>.json``, see :mod:`pbsd_agents.grid`),
+so an interrupted study resumes where it stopped. Then ``docs/RESULTS.md`` is written: per
+environment, mean ± std of final and peak success, final/peak (stability), sampled tokens to reach
+a success level (token efficiency), wall time, and a PNG of the curves.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,38 +43,38 @@ def run_name(env: str, method: str, seed: int) -> str:
     return f"{env.split('/')[-1]}__{method.replace('+', 'plus')}__s{seed}"
 
 
-def run_one(env: str, method: str, seed: int, args, runs_dir: Path) -> dict:
-    import torch
+def run_one(run: dict) -> dict:
+    """One run of the grid: train, then its evaluation curve (with sampled tokens) from the run folder."""
     from transformers.utils import logging
 
-    from pbsd_agents.trainer import TrainConfig, Trainer
+    from pbsd_agents.grid import train
+    from pbsd_agents.plotting import read_jsonl
 
     logging.disable_progress_bar()
-    if args.jobs > 1:
-        torch.set_num_threads(1)  # runs in parallel processes: one core each, not all cores each
-
-    algo, algo_args, per_task = METHODS[method]
-    eval_every = max(1, round(args.eval_every / (per_task * args.tasks_per_step)))  # in steps
-    out = runs_dir / run_name(env, method, seed)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)  # a run without a result file was interrupted: start it again
-    cfg = TrainConfig(
-        algo=algo, algo_args=algo_args, env=env, model=args.model, max_trajectories=args.budget, steps=10**9,
-        tasks_per_step=args.tasks_per_step, lr=args.lr, eval_every=eval_every, eval_tasks=args.eval_tasks,
-        pass_k=1, save_every=0, keep_last=1, out=str(out), seed=seed, max_wall_s=args.max_wall_s,
-        max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device,
-    )
-    t0 = time.time()
-    Trainer(cfg).train()
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines() if x.strip()]
+    _, wall_s = train(run["config"])
+    out = Path(run["config"]["out"])
+    metrics, evals = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "eval.jsonl")
     tokens_at = {0: 0, **{m["step"]: m["tokens"] for m in metrics}}
     curve = [{"step": e["step"], "trajectories": e["trajectories"], "tokens": tokens_at.get(e["step"], 0),
               "success": e["success"], "success_t1": e.get("success_t1")} for e in evals]
-    return {"env": env, "method": method, "seed": seed, "curve": curve, "wall_s": round(time.time() - t0, 1),
-            "steps": metrics[-1]["step"] if metrics else 0, "skipped": metrics[-1].get("skipped_total", 0) if metrics else 0}
+    return {"env": run["config"]["env"], "method": run["method"], "seed": run["config"]["seed"], "curve": curve,
+            "wall_s": round(wall_s, 1), "steps": metrics[-1]["step"] if metrics else 0,
+            "skipped": metrics[-1].get("skipped_total", 0) if metrics else 0}
+
+
+def grid(args) -> dict[str, dict]:
+    """``run_name -> {"method", "config"}`` for every (env, method, seed) asked for."""
+    runs = {}
+    for env, method, seed in itertools.product(args.envs, args.methods, args.seeds):
+        algo, algo_args, per_task = METHODS[method]
+        name = run_name(env, method, seed)
+        runs[name] = {"method": method, "config": dict(
+            algo=algo, algo_args=algo_args, env=env, model=args.model, max_trajectories=args.budget, steps=10**9,
+            tasks_per_step=args.tasks_per_step, lr=args.lr, pass_k=1, save_every=0, keep_last=1, seed=seed,
+            eval_every=max(1, round(args.eval_every / (per_task * args.tasks_per_step))),  # in steps
+            eval_tasks=args.eval_tasks, out=str(args.runs_dir / name), max_wall_s=args.max_wall_s,
+            max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device)}
+    return runs
 
 
 def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) -> None:
@@ -163,46 +163,18 @@ def main(argv=None) -> int:
     if args.quick:
         args.envs, args.seeds, args.budget, args.eval_tasks = args.envs[:1], args.seeds[:1], 32, 8
         args.eval_every, args.max_wall_s, args.tasks_per_step = 16, 60, 4
-    import pbsd_agents  # noqa: F401
+    from pbsd_agents.grid import run_grid
 
-    results_dir = args.runs_dir / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(e, m, s) for e in args.envs for m in args.methods for s in args.seeds]
-    path_of = {t: results_dir / f"{run_name(*t)}.json" for t in todo}
-    left = [t for t in todo if not path_of[t].exists()]
-    n_done = len(todo) - len(left)
-    print(f"{n_done} of {len(todo)} runs already done; {len(left)} to run, {args.jobs} at a time", flush=True)
+    def describe(name: str, r: dict) -> str:
+        return f"{r['env']} {r['method']} seed {r['seed']}: final greedy success {r['curve'][-1]['success']:.3f} ({r['wall_s']:.0f} s)"
 
-    def save(t, result):
-        nonlocal n_done
-        n_done += 1
-        path_of[t].write_text(json.dumps(result, indent=1))
-        print(f"[{n_done}/{len(todo)}] {t[0]} {t[1]} seed {t[2]}: final greedy success "
-              f"{result['curve'][-1]['success']:.3f} ({result['wall_s']:.0f} s)", flush=True)
-
-    if args.jobs == 1:
-        for t in left:
-            save(t, run_one(*t, args, args.runs_dir))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn, not fork: a forked child inherits torch's thread-pool state and can hang
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, *t, args, args.runs_dir): t for t in left}
-            for f in as_completed(futures):
-                try:
-                    save(futures[f], f.result())
-                except Exception as e:  # one broken run must not lose the others; a rerun retries it
-                    print(f"run {futures[f]} failed: {type(e).__name__}: {e}", flush=True)
-    wanted = {(e, m, s) for e, m, s in todo}
-    results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*.json"))]
-    results = [r for r in results if (r["env"], r["method"], r["seed"]) in wanted]
+    done, failed = run_grid(grid(args), run_one, args.runs_dir / "results", jobs=args.jobs, describe=describe)
+    results = [done[name] for name in sorted(done, key=lambda name: f"{name}.json")]  # the result files' order
     command = "python scripts/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
     summarise(results, args.out, args.out.parent, command.strip())
     (args.out.parent / "compare_results.json").write_text(json.dumps(results, indent=1))  # raw, beside the document
     print(f"wrote {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -5,36 +5,30 @@
 
 Every run is the main job's run (the embedded model, the `train` defaults) with the grid's values
 put in, capped by ``--max-wall-s`` of training. Results are saved per run as they finish
-(``<runs-dir>/<env>__lr<lr>__b<beta>__s<seed>.json``) so the sweep resumes where it stopped, and a
-table of held-out greedy success before -> after is printed at the end (mean ± std over seeds).
+(``<runs-dir>/<env>__lr<lr>__b<beta>__s<seed>.json``, see :mod:`pbsd_agents.grid`) so the sweep
+resumes where it stopped, and a table of held-out greedy success before -> after is printed at the
+end (mean ± std over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import itertools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(env: str, lr: float, beta: float, seed: int, args, path: Path) -> dict:
-    from pbsd_agents.trainer import TrainConfig, Trainer
+def run_one(run: dict) -> dict:
+    from pbsd_agents.grid import train
 
-    base = TrainConfig()
-    cfg = dataclasses.replace(
-        base, env=env, lr=lr, algo_args={**base.algo_args, **args.extra, "beta": beta}, seed=seed, out=str(path.with_suffix("")),
-        max_wall_s=args.max_wall_s or base.max_wall_s, progress=False, save_every=0, keep_last=1,
-        **({"steps": args.steps} if args.steps else {}),
-    )
-    t0 = time.time()
-    summary = Trainer(cfg).train()
-    return {"env": env, "lr": lr, "beta": beta, "seed": seed, "before": summary["eval_before"]["success"],
-            "after": summary["eval_after"]["success"], "steps": summary["eval_after"]["step"], "wall_s": round(time.time() - t0, 1)}
+    summary, wall_s = train(run["config"])
+    return {"env": run["config"]["env"], "lr": run["config"]["lr"], "beta": run["beta"], "seed": run["config"]["seed"],
+            "before": summary["eval_before"]["success"], "after": summary["eval_after"]["success"],
+            "steps": summary["eval_after"]["step"], "wall_s": round(wall_s, 1)}
 
 
 def main(argv=None) -> int:
@@ -47,42 +41,45 @@ def main(argv=None) -> int:
     p.add_argument("--max-wall-s", type=float, default=0, help="training wall-clock cap per run (0: the train default)")
     p.add_argument("--algo-arg", action="append", default=[], metavar="K=V", help="extra PBSD option for every run (repeatable)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweep")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process on one thread")
     args = p.parse_args(argv)
 
-    import yaml
-
-    import pbsd_agents  # noqa: F401
-
-    args.extra = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.algo_arg)}
-    tag = "".join(f"__{k}{v}" for k, v in sorted(args.extra.items()))
     from pbsd_agents.algorithms.pbsd import PBSDConfig
+    from pbsd_agents.grid import parse_kv, run_grid
     from pbsd_agents.trainer import TrainConfig
 
-    lrs = args.lrs or [TrainConfig().lr]
-    betas = args.betas or [TrainConfig().algo_args.get("beta", PBSDConfig().beta)]
-    args.runs_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    grid = [(e, lr, b, s) for e in args.envs for lr in lrs for b in betas for s in args.seeds]
-    for k, (env, lr, beta, seed) in enumerate(grid, 1):
-        path = args.runs_dir / f"{env.split('/')[-1]}__lr{lr:g}__b{beta:g}{tag}__s{seed}.json"
-        if not path.exists():
-            print(f"[{k}/{len(grid)}] {env} lr={lr:g} beta={beta:g} seed={seed}", flush=True)
-            path.write_text(json.dumps(run_one(env, lr, beta, seed, args, path), indent=1))
-        results.append(json.loads(path.read_text()))
-        r = results[-1]
-        print(f"    {r['before']:.3f} -> {r['after']:.3f} ({r['wall_s']:.0f} s)", flush=True)
+    try:
+        extra = parse_kv(args.algo_arg, "--algo-arg")
+    except ValueError as exc:
+        p.error(str(exc))
+    tag = "".join(f"__{k}{v}" for k, v in sorted(extra.items()))
+    base = dataclasses.asdict(TrainConfig())
+    lrs = args.lrs or [base["lr"]]
+    betas = args.betas or [base["algo_args"].get("beta", PBSDConfig().beta)]
+    runs = {}
+    for env, lr, beta, seed in itertools.product(args.envs, lrs, betas, args.seeds):
+        name = f"{env.split('/')[-1]}__lr{lr:g}__b{beta:g}{tag}__s{seed}"
+        runs[name] = {"beta": beta, "config": {
+            **base, "env": env, "lr": lr, "algo_args": {**base["algo_args"], **extra, "beta": beta}, "seed": seed,
+            "out": str(args.runs_dir / name), "max_wall_s": args.max_wall_s or base["max_wall_s"],
+            "progress": False, "save_every": 0, "keep_last": 1, **({"steps": args.steps} if args.steps else {})}}
 
+    def describe(name: str, r: dict) -> str:
+        return f"{r['env']} lr={r['lr']:g} beta={r['beta']:g} seed={r['seed']}: {r['before']:.3f} -> {r['after']:.3f} ({r['wall_s']:.0f} s)"
+
+    done, failed = run_grid(runs, run_one, args.runs_dir, jobs=args.jobs, describe=describe)
+    results = list(done.values())
     print("\n| env | lr | beta | seeds | before | after | gain | wall s |\n|---|---|---|---|---|---|---|---|")
-    for env in args.envs:
-        for lr in lrs:
-            for beta in betas:
-                rs = [r for r in results if (r["env"], r["lr"], r["beta"]) == (env, lr, beta)]
-                gains = [r["after"] - r["before"] for r in rs]
-                sd = f" ± {statistics.stdev(gains):.3f}" if len(gains) > 1 else ""
-                print(f"| {env} | {lr:g} | {beta:g} | {len(rs)} | {statistics.mean(r['before'] for r in rs):.3f} | "
-                      f"{statistics.mean(r['after'] for r in rs):.3f} | {statistics.mean(gains):+.3f}{sd} | "
-                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} |")
-    return 0
+    for env, lr, beta in itertools.product(args.envs, lrs, betas):
+        rs = [r for r in results if (r["env"], r["lr"], r["beta"]) == (env, lr, beta)]
+        if not rs:  # every seed failed
+            continue
+        gains = [r["after"] - r["before"] for r in rs]
+        sd = f" ± {statistics.stdev(gains):.3f}" if len(gains) > 1 else ""
+        print(f"| {env} | {lr:g} | {beta:g} | {len(rs)} | {statistics.mean(r['before'] for r in rs):.3f} | "
+              f"{statistics.mean(r['after'] for r in rs):.3f} | {statistics.mean(gains):+.3f}{sd} | "
+              f"{statistics.mean(r['wall_s'] for r in rs):.0f} |")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""pbsd_agents.grid: a resumable grid of runs (finished runs skipped, failed ones retried), run in parallel."""
+
+import json
+
+import pytest
+
+from pbsd_agents.grid import parse_kv, run_grid
+
+
+def square(spec: dict) -> dict:
+    if spec.get("fail"):
+        raise RuntimeError("broken run")
+    return {"x": spec["x"], "y": spec["x"] ** 2}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_results_are_saved_per_run_and_a_rerun_retries_only_the_failed(tmp_path, capsys, jobs):
+    runs = {"a": {"x": 2}, "b": {"x": 3, "fail": True}, "c": {"x": 4}}
+    results, failed = run_grid(runs, square, tmp_path, jobs=jobs, describe=lambda name, r: f"{name} -> {r['y']}")
+    out = capsys.readouterr().out
+    assert failed == ["b"] and sorted(results) == ["a", "c"] and results["c"] == {"x": 4, "y": 16}
+    assert "0 of 3 runs already done" in out and "run b failed: RuntimeError: broken run" in out and "c -> 16" in out
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2, "y": 4} and not (tmp_path / "b.json").exists()
+
+    (tmp_path / "a.json").write_text(json.dumps({"x": 2, "y": "kept"}))  # a finished run is not run again
+    runs["b"].pop("fail")
+    results, failed = run_grid(runs, square, tmp_path, jobs=jobs)
+    assert "2 of 3 runs already done; 1 to run" in capsys.readouterr().out
+    assert failed == [] and results == {"a": {"x": 2, "y": "kept"}, "b": {"x": 3, "y": 9}, "c": {"x": 4, "y": 16}}
+
+
+def test_parse_kv_reads_yaml_values_and_names_the_flag():
+    assert parse_kv(["beta=0.1", "pair-filter=verifier", "nll_coef=", "on=true"], "--algo-arg") == {
+        "beta": 0.1, "pair_filter": "verifier", "nll_coef": "", "on": True}
+    with pytest.raises(ValueError, match="--algo-arg expects KEY=VALUE"):
+        parse_kv(["beta"], "--algo-arg")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .runlog import read_jsonl
+
+__all__ = ["plot_run", "read_jsonl"]
 
 # Panels: (title, metric keys from metrics.jsonl). Keys a run does not log are skipped.
 TRAIN_PANELS = [
@@ -12,19 +15,6 @@ TRAIN_PANELS = [
     ("PBSD: h(y) = log πθ − log πT", ["h_pos", "h_neg", "margin"]),
     ("log πθ of y+ / y−", ["logp_pos", "logp_neg"]),
 ]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything before it is good
-    return out
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

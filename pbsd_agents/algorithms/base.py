@@ -57,9 +57,17 @@ class Algorithm:
 
     ``loss`` returns ``(None, metrics)`` when the batch holds nothing to learn from (no pairs, no
     successful teacher sample); the trainer skips and counts such steps.
+
+    Subclasses declare how the trainer treats their metrics: ``summed_metrics`` are counts, summed
+    over a step's micro-batches (every other number is averaged); ``progress_metrics`` show in the
+    progress bar beside the loss; ``printed_metrics`` maps a (text) metric to the label it is printed
+    under whenever a step reports it.
     """
 
     name = "base"
+    summed_metrics: tuple[str, ...] = ()
+    progress_metrics: tuple[str, ...] = ()
+    printed_metrics: dict[str, str] = {}
 
     def __init__(self, config, pad_id: int = 0):
         self.config = config
@@ -73,3 +81,22 @@ class Algorithm:
 
     def after_step(self, step: int, policy: Policy) -> None:
         """Hook called after each optimizer step (e.g. PBSD's teacher refresh)."""
+
+    @classmethod
+    def combine_metrics(cls, parts: dict[str, list]) -> dict:
+        """One step's metrics from each micro-batch's values: summed, averaged, or (text) the first.
+
+        Example:
+            >>> class Counting(Algorithm):
+            ...     summed_metrics = ("num_pairs",)
+            >>> Counting.combine_metrics({"num_pairs": [2, 3], "margin": [1.0, 2.0], "gap_tokens": ["'a'(+1.00)"]})
+            {'num_pairs': 5, 'margin': 1.5, 'gap_tokens': "'a'(+1.00)"}
+        """
+        out = {}
+        for k, vs in parts.items():
+            nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if nums and len(nums) == len(vs):
+                out[k] = sum(nums) if k in cls.summed_metrics else sum(nums) / len(nums)
+            elif vs:
+                out[k] = vs[0]
+        return out

@@ -49,6 +49,7 @@ def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
 
 class GRPO(Algorithm):
     name = "grpo"
+    progress_metrics = ("student_reward",)
 
     def plan(self) -> CollectPlan:
         return CollectPlan(student_samples=self.config.group_size)

@@ -10,7 +10,7 @@ teacher's full next-token distributions::
 β = 0.5 is the paper's JSD; the β = 0 / 1 ends follow TRL's GKD convention (forward / reverse KL).
 ``clip`` caps each token's divergence so a few outlier tokens cannot dominate; ``top_k`` restricts
 both distributions to the teacher's k most likely tokens (renormalised). ``teacher="frozen"`` uses
-θ0 (DESIGN.md: a live teacher collapsed in the prototype); ``"live"`` uses the current weights
+θ0 (a live teacher collapsed in the prototype); ``"live"`` uses the current weights
 without gradient.
 """
 
@@ -73,6 +73,7 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 class OPSD(Algorithm):
     name = "opsd"
+    progress_metrics = ("student_reward",)
 
     def plan(self) -> CollectPlan:
         return CollectPlan(student_samples=self.config.samples_per_task)

@@ -78,6 +78,9 @@ def pbsd_loss(
 
 class PBSD(Algorithm):
     name = "pbsd"
+    summed_metrics = ("num_pairs", "identical_pairs")
+    progress_metrics = ("margin", "student_reward")
+    printed_metrics = {"gap_tokens": "largest per-token gaps in a pair"}
 
     def plan(self) -> CollectPlan:
         n = self.config.pairs_per_task

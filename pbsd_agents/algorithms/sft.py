@@ -31,6 +31,7 @@ class SFTConfig:
 
 class SFT(Algorithm):
     name = "sft"
+    summed_metrics = ("num_used",)
 
     def plan(self) -> CollectPlan:
         return CollectPlan(teacher_samples=self.config.samples_per_task, teacher_temperature=self.config.teacher_temperature)

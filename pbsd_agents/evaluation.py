@@ -1,0 +1,117 @@
+"""Held-out evaluation: the one used by ``Trainer.evaluate`` and ``pbsd-agents eval``.
+
+On the first ``num_tasks`` tasks of the eval split: greedy success (one decode per task), and with
+``pass_k`` samples per task at ``temperature``, T=1 success and pass@k; beside each rate its 95%
+Wilson interval, with the task as the unit (a task's k samples are not independent). Trajectories
+whose env reported a ``category`` at reset are also broken down per category. Each result is one
+dict, the row written to ``eval.jsonl``::
+
+    step, trajectories, success, success_ci, success_t1, success_t1_ci, pass_at_k, pass_at_k_ci, k,
+    mean_action_tokens, parse_error_rate, num_tasks[, per_category: {category: the same keys}]
+
+Sampling is seeded from ``seed`` (and the caller's RNG state restored after), so the same weights
+give the same eval samples.
+
+Example:
+    >>> wilson_interval(8, 10)
+    [0.4902, 0.9433]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["Evaluation", "summarize", "wilson_interval"]
+
+SEED_OFFSET = 7919  # eval sampling never shares a seed with a training step's
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of a success rate (``[0, 1]`` when ``n`` is 0), rounded to 4 digits."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def _rate(outcomes: list, num_tasks: int) -> tuple[float, list[float]]:
+    """The mean of some outcomes, and its interval counting ``num_tasks`` trials."""
+    mean = sum(float(x) for x in outcomes) / len(outcomes) if outcomes else 0.0
+    return mean, wilson_interval(mean * num_tasks, num_tasks)
+
+
+def _category(t) -> str | None:
+    return (getattr(t, "task_info", None) or {}).get("category")
+
+
+def summarize(greedy: list, sampled: list[list], k: int) -> dict:
+    """The metrics of one task set: ``greedy`` has one trajectory per task, ``sampled`` k per task (or none)."""
+    n = len(greedy)
+    success, success_ci = _rate([t.success for t in greedy], n)
+    out = {"success": success, "success_ci": success_ci, "success_t1": None, "success_t1_ci": None,
+           "pass_at_k": None, "pass_at_k_ci": None, "k": k}
+    if sampled:
+        out["success_t1"], out["success_t1_ci"] = _rate([t.success for g in sampled for t in g], n)
+        out["pass_at_k"], out["pass_at_k_ci"] = _rate([any(t.success for t in g) for g in sampled], n)
+    turns = sum(t.turns for t in greedy) or 1
+    out["mean_action_tokens"] = sum(t.num_action_tokens for t in greedy) / n if n else 0.0
+    out["parse_error_rate"] = sum(t.num_parse_errors for t in greedy) / turns
+    out["num_tasks"] = n
+    categories = sorted({c for c in map(_category, greedy) if c is not None})
+    if categories:
+        rows = list(zip(greedy, sampled or [[]] * len(greedy)))
+        out["per_category"] = {
+            c: summarize([g for g, _ in rows if _category(g) == c], [s for g, s in rows if _category(g) == c and s], k)
+            for c in categories
+        }
+    return out
+
+
+@dataclass
+class Evaluation:
+    """What to evaluate on; :meth:`run` evaluates a collector's policy on it.
+
+    ``num_tasks`` is capped at the split's size when the split is finite.
+    """
+
+    env: str
+    env_kwargs: dict = field(default_factory=dict)
+    num_tasks: int = 64
+    pass_k: int = 0
+    temperature: float = 1.0
+    max_new_tokens: int = 160
+    max_tokens: int = 512
+    view: str = "student"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .envs.registry import count_tasks
+
+        size = count_tasks(self.env, **self.env_kwargs)
+        if size is not None:
+            self.num_tasks = min(self.num_tasks, size)
+
+    def run(self, collector, *, step: int = 0, trajectories: int = 0) -> tuple[dict, list]:
+        """``(the eval.jsonl row, the greedy trajectories)``."""
+        import torch
+
+        tasks = list(range(self.num_tasks))
+        state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed + SEED_OFFSET)  # the same eval samples whenever the weights are the same
+        try:
+            greedy = self._collect(collector, tasks, 0.0)
+            sampled = self._collect(collector, [i for i in tasks for _ in range(self.pass_k)], self.temperature)
+        finally:
+            torch.random.set_rng_state(state)
+        groups = [sampled[i : i + self.pass_k] for i in range(0, len(sampled), self.pass_k)] if sampled else []
+        return {"step": step, "trajectories": trajectories, **summarize(greedy, groups, self.pass_k)}, greedy
+
+    def _collect(self, collector, tasks: list[int], temperature: float) -> list:
+        if not tasks:
+            return []
+        return collector.collect(self.env, tasks, env_kwargs=self.env_kwargs, view=self.view, temperature=temperature,
+                                 max_new_tokens=self.max_new_tokens, max_tokens=self.max_tokens)

@@ -5,7 +5,7 @@ Importing this package registers every environment with gymnasium; it never impo
 
 from gymnasium.envs.registration import register, registry
 
-from .base import ChatToolEnv, Task
+from .base import ChatToolEnv, Task, Transcript
 from .spaces import ChatMessages, FreeText
 
 # id -> (entry point, one-line description); `pbsd-agents envs` prints this table.
@@ -28,4 +28,4 @@ def _register_all() -> None:
 
 _register_all()
 
-__all__ = ["ENVIRONMENTS", "ChatMessages", "ChatToolEnv", "FreeText", "Task"]
+__all__ = ["ENVIRONMENTS", "ChatMessages", "ChatToolEnv", "FreeText", "Task", "Transcript"]

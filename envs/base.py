@@ -2,14 +2,14 @@
 
 A subclass describes its tasks; this base class runs the episode: it parses the assistant's turn
 into tool calls, executes them (errors go back to the model as tool messages), enforces the turn
-limit and asks the subclass to score the outcome. See ``DESIGN.md`` (Environments).
+limit and, when the episode ends, asks the subclass to score it.
 
 Writing an environment takes three pieces::
 
     class MyEnv(ChatToolEnv):
         num_tasks = 10                       # or None for an infinite (procedural) split
         def make_task(self, index): ...      # -> Task (student messages, tools, privileged, oracle)
-        def score(self, final_text, calls): ...  # -> reward in [0, 1] (and extra info)
+        def score(self, transcript): ...     # -> (reward in [0, 1], info dict)
 """
 
 from __future__ import annotations
@@ -34,14 +34,39 @@ INFINITE_INDEX_RANGE = 2**31
 
 @dataclass
 class Task:
-    """One task: what the student sees, the tools it may call, and what only the teacher sees."""
+    """One task: what the student sees, the tools it may call, and what only the teacher sees.
+
+    Attributes:
+        gold: the env's own scoring reference (gold calls, a number, a goal database...), read only by
+            the env itself (its ``score``); never shown to the model nor copied into ``info``.
+        info: JSON-serialisable extras (e.g. a category) merged into the ``info`` that ``reset`` returns.
+    """
 
     task_id: str
     messages: list[dict]
     privileged: str
     oracle: list[str]
     tools: list[Tool] = field(default_factory=list)
-    answer: Any = None  # environment-specific gold (calls, number, goal state)
+    gold: Any = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The episode as ``score`` sees it when it ends.
+
+    Attributes:
+        messages: the whole conversation, the final assistant turn included (tool results too).
+        final_text: the final assistant turn.
+        calls: the tool calls parsed from ``final_text`` (single-turn envs; a multi-turn episode ends
+            at a turn without calls).
+        parse_errors: the call attempts in ``final_text`` that could not be parsed.
+    """
+
+    messages: list[dict]
+    final_text: str
+    calls: list[ParsedCall]
+    parse_errors: list[ParseError]
 
 
 class ChatToolEnv(gym.Env):
@@ -95,9 +120,8 @@ class ChatToolEnv(gym.Env):
         """Build task ``index`` of ``self.split`` (deterministically: the same index, the same task)."""
         raise NotImplementedError
 
-    def score(self, final_text: str, calls: list[ParsedCall]) -> tuple[float, dict]:
-        """Score the episode when it ends: ``final_text`` is the last assistant turn, ``calls`` its
-        parsed tool calls (single-turn envs). Returns ``(reward in [0, 1], extra info)``."""
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        """Score the episode when it ends. Returns ``(reward in [0, 1], extra info for the last step)``."""
         raise NotImplementedError
 
     def teacher_messages(self, messages: list[dict], privileged: str) -> list[dict]:
@@ -150,7 +174,10 @@ class ChatToolEnv(gym.Env):
             "privileged": self._task.privileged,
             "task_id": self._task.task_id,
             "index": int(index),
+            "tool_format": self.tool_format,  # the env owns the call format; a renderer reads it here
         }
+        for key, value in self._task.info.items():
+            info.setdefault(key, copy.deepcopy(value))  # the base keys keep their meaning
         return copy.deepcopy(self._task.messages), info
 
     def step(self, action: str) -> tuple[list[dict], float, bool, bool, dict]:
@@ -170,7 +197,7 @@ class ChatToolEnv(gym.Env):
             "turn": self._turn,
         }
         if self.single_turn or not results:
-            reward, extra = self.score(action, calls)
+            reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
             return self._end(info, reward, extra, terminated=True)
         obs = self.run_calls(results)
         if self._turn >= self.max_turns:
@@ -188,6 +215,12 @@ class ChatToolEnv(gym.Env):
                 obs.append({"role": "tool", "name": r.name, "content": self.toolbox.call(r.name, r.arguments).content})
         return obs
 
+    def _score(self, transcript: Transcript) -> tuple[float, dict]:
+        out = self.score(transcript)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], numbers.Real) and isinstance(out[1], dict)):
+            raise TypeError(f"{type(self).__name__}.score() must return (reward, info), got {_short(out)}")
+        return out
+
     def _end(self, info: dict, reward: float, extra: dict, terminated: bool):
         self._done = True
         reward = float(min(1.0, max(0.0, reward)))
@@ -199,3 +232,8 @@ class ChatToolEnv(gym.Env):
         if self.render_mode != "ansi":
             return None
         return "\n".join(f"[{m['role']}] {m['content']}" for m in self.messages)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."

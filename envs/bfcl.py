@@ -14,18 +14,17 @@ Java, JavaScript and multi-turn categories are not supported.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from pbsd_agents.tools.base import Tool
-from pbsd_agents.tools.parsers import ParsedCall, ParseError, format_tool_calls, parse_tool_calls
+from pbsd_agents.tools.base import Tool, acknowledge
+from pbsd_agents.tools.parsers import format_hint, format_tool_calls
 
-from .base import ChatToolEnv, Task
-from .checker import bfcl_schema_to_json_schema, check_calls, mode_for_category
-from .toolcall import call_format_hint
+from .base import ChatToolEnv, Task, Transcript
+from .checker import acceptable_values, bfcl_schema_to_json_schema, check_calls, mode_for_category
+from .data import DataArg, check_holdout_every, holdout, hub_file, local_or_hub, read_records
 
 BASE_CATEGORIES = ("simple", "simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "relevance")
 SYSTEM_PROMPT = ("You are given a question and a set of functions. Make the function call(s) that answer it. "
@@ -34,7 +33,10 @@ IRRELEVANCE_PRIVILEGED = "None of the functions fits this request: answer withou
 IRRELEVANCE_ORACLE = "None of the available functions can answer this request."
 RELEVANCE_PRIVILEGED = "Call one of the functions with the values the request gives; any call counts."
 _ID = re.compile(r"^(?P<cat>[A-Za-z_]+?)_\d+(?:[-_]\d+)*$")
-_HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/(?P<file>[\w./-]+\.jsonl?))?$")
+_DATA = DataArg("BFCLEnv", "data_path", "a BFCL .json file (e.g. BFCL_v3_simple.json, with its answers in possible_answer/ "
+                "beside it), a list of them, a folder of them, or a Hugging Face 'owner/dataset/file.json'")
+_ANSWERS = DataArg("BFCLEnv", "answer_path", "the possible_answer file of the data file (default: possible_answer/<same "
+                   "name> beside it)")
 _PLACEHOLDER = {"string": "", "any": "", "integer": 0, "float": 0.0, "number": 0.0, "boolean": False,
                 "array": [], "tuple": [], "dict": {}, "object": {}}
 
@@ -69,15 +71,11 @@ def first_acceptable_call(gold_call: dict, schema: dict | None) -> tuple[str, di
     """
     ((name, params),) = gold_call.items()
     required = set(((schema or {}).get("parameters") or {}).get("required") or [])
-    return name, {p: _first(alts) for p, alts in params.items() if p in required or "" not in _alts(alts)}
-
-
-def _alts(alts: Any) -> list:
-    return alts if isinstance(alts, list) else [alts]
+    return name, {p: _first(alts) for p, alts in params.items() if p in required or "" not in acceptable_values(alts)}
 
 
 def _first(alts: Any) -> Any:
-    for a in _alts(alts):
+    for a in acceptable_values(alts):
         if not (isinstance(a, str) and a == ""):
             return _concrete(a)
     return ""
@@ -86,88 +84,52 @@ def _first(alts: Any) -> Any:
 def _concrete(value: Any) -> Any:
     # Gold dicts map keys to lists of alternatives, also inside a list of dicts.
     if isinstance(value, dict):
-        return {k: _first(v) for k, v in value.items() if "" not in _alts(v)}
+        return {k: _first(v) for k, v in value.items() if "" not in acceptable_values(v)}
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return [_concrete(v) for v in value]
     return value
 
 
-def _read_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):  # a JSON array instead of JSON lines
-        return json.loads(text)
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON object: {exc}") from None
-    return out
-
-
-def _hf_fetch(repo_id: str, filename: str) -> Path:
-    """Download one file of a Hugging Face dataset repository (lazily imports ``huggingface_hub``)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise ValueError(f"loading {repo_id}/{filename} from the Hugging Face Hub needs huggingface_hub "
-                         "(pip install huggingface_hub); or pass a local path") from None
-    return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset"))
-
-
 def _resolve(data_path: Any, answer_path: Any) -> list[tuple[Path, Path | None, str]]:
     """(data file, answer file or None, display name) for every file named by ``data_path``."""
-    if data_path is None:
-        raise ValueError("BFCLEnv needs data_path=: a BFCL .json file (e.g. BFCL_v3_simple.json, with its answers in "
-                         "possible_answer/ beside it), a list of them, a folder of them, or a Hugging Face "
-                         "'owner/dataset/file.json'")
     if isinstance(data_path, (list, tuple)):
         if not data_path:
-            raise ValueError("data_path is an empty list; give at least one BFCL file")
+            raise _DATA.error(data_path, "is an empty list")
         if answer_path is not None and (not isinstance(answer_path, (list, tuple)) or len(answer_path) != len(data_path)):
-            raise ValueError(f"with a list data_path, answer_path must be None or a list of the same length, got {answer_path!r}")
+            raise _ANSWERS.error(answer_path, "does not fit a list data_path: give None or a list of the same length")
         answers = list(answer_path) if answer_path is not None else [None] * len(data_path)
         return [item for d, a in zip(data_path, answers) for item in _resolve(d, a)]
-    path = Path(os.fspath(data_path)).expanduser()
-    if path.is_dir():
-        if answer_path is not None:
-            raise ValueError(f"data_path {str(path)!r} is a folder: answers are read from its possible_answer/ folder, "
-                             f"so answer_path must be None (got {answer_path!r})")
-        files = sorted(f for f in path.glob("*.json") if _supported(category_of("", f.name)))
+    found = local_or_hub(_DATA, data_path)
+    answer = _answer_file(answer_path)
+    if isinstance(found, tuple):
+        repo_id, filename = found
+        if filename is None:
+            raise _DATA.error(data_path, "names no file: name the file inside the Hugging Face dataset, e.g. "
+                                         "'gorilla-llm/Berkeley-Function-Calling-Leaderboard/BFCL_v3_simple.json'")
+        local = hub_file(_DATA, data_path, repo_id, filename)
+        if answer is None and not _supported_without_answers(category_of("", filename)):
+            answer = hub_file(_DATA, data_path, repo_id, f"possible_answer/{filename}")
+        return [(local, answer, filename)]
+    if found.is_dir():
+        if answer is not None:
+            raise _ANSWERS.error(answer_path, f"is given, but data_path {str(found)!r} is a folder whose answers are "
+                                              "read from its possible_answer/ folder")
+        files = sorted(f for f in found.glob("*.json") if _supported(category_of("", f.name)))
         if not files:
-            raise ValueError(f"no BFCL files of a supported category ({', '.join(BASE_CATEGORIES)}) in {str(path)!r}")
+            raise _DATA.error(data_path, f"holds no BFCL files of a supported category ({', '.join(BASE_CATEGORIES)})")
         return [item for f in files for item in _resolve(f, None)]
-    if path.is_file():
-        if answer_path is not None:
-            answer = Path(os.fspath(answer_path)).expanduser()
-            if not answer.is_file():
-                raise ValueError(f"answer_path {str(answer)!r} is not a file")
-        else:
-            answer = path.parent / "possible_answer" / path.name
-        return [(path, answer if answer.is_file() else None, path.name)]
-    m = _HF_NAME.match(str(data_path))
-    if m is None or str(data_path).startswith((".", "/", "~")) or (not m.group("file") and path.suffix in (".json", ".jsonl")):
-        raise ValueError(f"data_path {str(data_path)!r} is neither a file nor a folder (nor a Hugging Face "
-                         "'owner/dataset/file.json')")
-    if not m.group("file"):
-        raise ValueError(f"data_path {str(data_path)!r}: name the file inside the Hugging Face dataset, e.g. "
-                         "'gorilla-llm/Berkeley-Function-Calling-Leaderboard/BFCL_v3_simple.json'")
-    repo_id, filename = str(data_path)[: -len(m.group("file")) - 1], m.group("file")
-    try:
-        local = _hf_fetch(repo_id, filename)
-        answer = None
-        if answer_path is not None:
-            answer = Path(os.fspath(answer_path)).expanduser()
-        elif not _supported_without_answers(category_of("", filename)):
-            answer = _hf_fetch(repo_id, f"possible_answer/{filename}")
-    except ValueError:
-        raise
-    except Exception as exc:  # offline, unknown repo, missing file: one line, not a traceback from the hub
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"data_path {str(data_path)!r} is not a local file, and fetching it from the Hugging Face Hub "
-                         f"failed: {type(exc).__name__}: {reason}") from None
-    return [(local, answer, filename)]
+    if answer is None and (found.parent / "possible_answer" / found.name).is_file():
+        answer = found.parent / "possible_answer" / found.name
+    return [(found, answer, found.name)]
+
+
+def _answer_file(answer_path: Any) -> Path | None:
+    if answer_path is None:
+        return None
+    path = Path(os.fspath(answer_path)).expanduser()
+    if not path.is_file():
+        raise _ANSWERS.error(answer_path, "is not a file")
+    return path
 
 
 def _supported_without_answers(category: str) -> bool:
@@ -190,9 +152,10 @@ class BFCLEnv(ChatToolEnv):
             Face Hub (needs ``huggingface_hub`` and a network).
         answer_path: the ``possible_answer`` file (a list, with a list ``data_path``); default:
             ``possible_answer/<same file name>`` beside each data file. Irrelevance needs none.
-        split: ``"test"`` is every ``test_every``-th task of each file by line order (lines
-            ``test_every-1``, ``2*test_every-1``, ...), ``"train"`` the rest. ``test_every=1`` puts
-            the whole file in ``test``: use it to evaluate on the full benchmark.
+        split: ``"train"`` or ``"test"``, held out of each file by ``holdout_every``.
+        holdout_every: the tasks at positions k, 2k, ... of each file (1-based line order, default
+            k=5) are ``"test"``, the others ``"train"`` (:func:`~pbsd_agents.envs.data.holdout`);
+            ``None``: the whole files are the split asked for (e.g. to evaluate on the full benchmark).
         underscore_names: show the tools with ``.`` in names written as ``_`` (for chat templates or
             APIs that refuse dots); the checker maps them back.
         tool_format: ``"hermes"`` (default), ``"json"`` or ``"python"`` (BFCL's native ``[f(a=1)]``).
@@ -202,14 +165,20 @@ class BFCLEnv(ChatToolEnv):
             (e.g. a gold function missing from the task's functions); kept, they always score 0.
 
     Example:
-        >>> import gymnasium, pbsd_agents
-        >>> from pathlib import Path
-        >>> data = Path(pbsd_agents.__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl" / "BFCL_v3_simple.json"
-        >>> env = gymnasium.make("pbsd/BFCL-v0", data_path=data, split="test") if data.exists() else None
-        >>> if env is not None:
-        ...     obs, info = env.reset(options={"index": 0})
-        ...     _, reward, *_ , info = env.step(env.unwrapped.oracle_actions()[0])
-        ...     assert (info["category"], reward) == ("simple", 1.0)
+        >>> import gymnasium, json, tempfile, pbsd_agents
+        >>> path = tempfile.mkdtemp() + "/BFCL_v3_irrelevance.json"   # irrelevance needs no answer file
+        >>> sqrt = {"name": "math.sqrt", "description": "Square root.",
+        ...         "parameters": {"type": "dict", "properties": {"x": {"type": "float"}}, "required": ["x"]}}
+        >>> row = {"id": "irrelevance_0", "question": [[{"role": "user", "content": "Tell me a joke."}]], "function": [sqrt]}
+        >>> with open(path, "w") as f:
+        ...     _ = f.write(json.dumps(row) + "\\n")
+        >>> env = gymnasium.make("pbsd/BFCL-v0", data_path=path, split="test", holdout_every=None)
+        >>> obs, info = env.reset(options={"index": 0})
+        >>> info["category"], [t["function"]["name"] for t in info["tools"]]
+        ('irrelevance', ['math.sqrt'])
+        >>> _, reward, *_, info = env.step("None of these functions tells jokes.")
+        >>> reward, info["category"]
+        (1.0, 'irrelevance')
     """
 
     single_turn = True
@@ -219,40 +188,33 @@ class BFCLEnv(ChatToolEnv):
         data_path: Any = None,
         answer_path: Any = None,
         split: str = "train",
-        test_every: int = 5,
+        holdout_every: int | None = 5,
         underscore_names: bool = False,
         system_prompt: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(split=split, **kwargs)
-        if not isinstance(test_every, int) or isinstance(test_every, bool) or test_every < 1:
-            raise ValueError(f"test_every must be a positive int, got {test_every!r}")
-        self.test_every = test_every
+        check_holdout_every(holdout_every)
+        self.holdout_every = holdout_every
         self.underscore_names = bool(underscore_names)
-        self.system_prompt = system_prompt if system_prompt is not None else f"{SYSTEM_PROMPT} {call_format_hint(self.tool_format)}"
+        self.system_prompt = system_prompt if system_prompt is not None else f"{SYSTEM_PROMPT} {format_hint(self.tool_format)}"
         self.records: list[dict] = []
         self.data_errors: dict[str, str] = {}
         for data_file, answer_file, shown in _resolve(data_path, answer_path):
             self._load(data_file, answer_file, shown)
         if not self.records:
-            raise ValueError(f"split {split!r} of {data_path!r} holds no tasks (test_every={test_every}: "
-                             f"{'every task is in test' if test_every == 1 else 'the files are too short'})")
+            raise ValueError(f"split {split!r} of {data_path!r} holds no tasks (holdout_every={holdout_every}: "
+                             f"{'every task is in test' if holdout_every == 1 else 'the files are too short'})")
         self.num_tasks = len(self.records)
         self._cache: dict[int, Task] = {}
 
     # ---- loading -------------------------------------------------------------------------------
 
     def _load(self, data_file: Path, answer_file: Path | None, shown: str) -> None:
-        rows = _read_records(data_file)
         answers: dict[str, list] | None = None
         if answer_file is not None:
-            answers = {}
-            for row in _read_records(answer_file):
-                answers[str(row.get("id"))] = row.get("ground_truth")
-        for pos, row in enumerate(rows):
-            in_test = pos % self.test_every == self.test_every - 1
-            if in_test != (self.split == "test"):
-                continue
+            answers = {str(row.get("id")): row.get("ground_truth") for row in read_records(answer_file)}
+        for pos, row in holdout(list(enumerate(read_records(data_file))), self.split, self.holdout_every):
             task_id = str(row.get("id", f"{shown}:{pos}"))
             category = category_of(task_id, shown)
             if not _supported(category):
@@ -299,7 +261,7 @@ class BFCLEnv(ChatToolEnv):
             name = self._shown_name(fn["name"])
             if name not in seen:  # a repeated name would break the tool box; the first one wins
                 seen.add(name)
-                tools.append(Tool(name, fn.get("description") or "", params, _acknowledge(name)))
+                tools.append(Tool(name, fn.get("description") or "", params, acknowledge(name)))  # never run: single turn
         if rec["mode"] == "irrelevance":
             privileged, oracle = IRRELEVANCE_PRIVILEGED, IRRELEVANCE_ORACLE
         elif rec["mode"] == "relevance":
@@ -316,33 +278,21 @@ class BFCLEnv(ChatToolEnv):
                 calls.append((self._shown_name(name), args))
             privileged = oracle = format_tool_calls(calls, self.tool_format)
         task = Task(task_id=rec["id"], messages=messages, privileged=privileged, oracle=[oracle], tools=tools,
-                    answer={"category": rec["category"], "mode": rec["mode"], "gold": rec["gold"],
-                            "functions": rec["functions"]})
+                    gold={"mode": rec["mode"], "calls": rec["gold"] or [], "functions": rec["functions"]},
+                    info={"category": rec["category"]})
         self._cache[index] = task
         return task
 
     # ---- the episode ---------------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[dict], dict]:
-        obs, info = super().reset(seed=seed, options=options)
-        info["category"] = self.task.answer["category"]
-        return obs, info
-
-    def score(self, final_text: str, calls: list[ParsedCall]) -> tuple[float, dict]:
-        answer = self.task.answer
-        extra: dict[str, Any] = {"category": answer["category"]}
-        errors = [r for r in parse_tool_calls(final_text, self.tool_format) if isinstance(r, ParseError)]
-        if errors and answer["mode"] != "irrelevance":
-            return 0.0, {**extra, "error_type": "parse_error", "check_message": errors[0].message}
-        res = check_calls(calls, answer["gold"] or [], answer["functions"], answer["mode"],
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        gold = self.task.gold
+        extra: dict[str, Any] = {"category": self.task.info["category"]}
+        if transcript.parse_errors and gold["mode"] != "irrelevance":
+            return 0.0, {**extra, "error_type": "parse_error", "check_message": transcript.parse_errors[0].message}
+        res = check_calls(transcript.calls, gold["calls"], gold["functions"], gold["mode"],
                           underscore_names=self.underscore_names)
         return float(res.ok), {**extra, "error_type": res.error_type, "check_message": res.message}
-
-
-def _acknowledge(name: str):
-    def fn(**_: Any) -> str:  # never run in a single-turn episode; a harmless reply if it is
-        return f"{name}: done"
-    return fn
 
 
 def _gold_problem(gold: list[dict], functions: list[dict]) -> str | None:
@@ -354,6 +304,6 @@ def _gold_problem(gold: list[dict], functions: list[dict]) -> str | None:
             return f"gold function {name!r} is not among the task's functions {sorted(by_name)}"
         props = ((by_name[name].get("parameters") or {}).get("properties")) or {}
         for p, alts in params.items():
-            if p not in props and "" not in _alts(alts):
+            if p not in props and "" not in acceptable_values(alts):
                 return f"gold parameter {p!r} of {name!r} is not in its schema and may not be omitted"
     return None

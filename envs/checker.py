@@ -133,7 +133,8 @@ def _gold_parts(gold_call: Any) -> tuple[str, dict]:
     return name, params
 
 
-def _alternatives(acceptable: Any) -> list:
+def acceptable_values(acceptable: Any) -> list:
+    """The acceptable values of one gold parameter (a bare value is read as the only one)."""
     # A bare value where a list of alternatives belongs is read as the only alternative.
     return acceptable if isinstance(acceptable, list) else [acceptable]
 
@@ -194,11 +195,11 @@ def _dict_matches(param: str, value: dict, pattern: dict) -> str | None:
     for key, v in value.items():
         if key not in pattern:
             return f"{param!r}: unexpected key {key!r} in {value!r}"
-        alts = _alternatives(pattern[key])
+        alts = acceptable_values(pattern[key])
         if _norm(v) not in [_norm(a) for a in alts]:
             return f"{param!r}: value {v!r} of key {key!r} is not one of {alts!r}"
     for key, alts in pattern.items():
-        if key not in value and "" not in _alternatives(alts):
+        if key not in value and "" not in acceptable_values(alts):
             return f"{param!r}: key {key!r} is missing from {value!r}"
     return None
 
@@ -264,7 +265,7 @@ def check_call(name: str, arguments: Any, gold_call: dict, schema: dict | None, 
             where = "the schema" if param not in properties else "the expected call"
             return CheckResult(False, "unexpected_arg", f"{gold_name}: unexpected argument {param!r} (not in {where})")
         spec = properties[param] if isinstance(properties[param], dict) else {}
-        alternatives = _alternatives(gold_params[param])
+        alternatives = acceptable_values(gold_params[param])
         if spec.get("type") in _FLOATISH and type(value) is int:
             value = float(value)
         res, is_variable = _check_type(param, value, spec, alternatives)
@@ -274,7 +275,7 @@ def check_call(name: str, arguments: Any, gold_call: dict, schema: dict | None, 
         if not res.ok:
             return CheckResult(False, res.error_type, f"{gold_name}: {res.message}")
     for param, acceptable in gold_params.items():
-        if param not in arguments and "" not in _alternatives(acceptable):
+        if param not in arguments and "" not in acceptable_values(acceptable):
             return CheckResult(False, "missing_arg", f"{gold_name}: argument {param!r} is missing (expected one of {acceptable!r})")
     return _OK
 

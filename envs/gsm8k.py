@@ -8,16 +8,15 @@ all count).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from pbsd_agents.tools.calculator import calculate, calculator_tool
 
 from .answers import calculator_oracle, format_fraction, parse_number, score_answer
-from .base import ChatToolEnv, Task
+from .base import ChatToolEnv, Task, Transcript
+from .data import DataArg, check_holdout_every, holdout, hub_dataset, local_or_hub, read_records
 
 SYSTEM_PROMPT_CALC = "Solve the math problem. Use the calculator tool for arithmetic. Give the final answer as \\boxed{N}."
 SYSTEM_PROMPT_PLAIN = "Solve the math problem step by step. Give the final answer as \\boxed{N}."
@@ -25,8 +24,8 @@ SYSTEM_PROMPT_PLAIN = "Solve the math problem step by step. Give the final answe
 _ANNOTATION = re.compile(r"(\$?)<<([^<>]*)>>")
 _PLAIN_NUMBER = re.compile(r"\s*[\d.,]*\s*")  # an "annotation" like <<12=12>> computes nothing
 _WRITABLE = re.compile(r"[\d(.].*[-+*/%].*")  # starts like an expression and has an operator
-_HF_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_FILE_CACHE: dict[tuple[str, int, int], list[dict]] = {}  # (path, mtime, size) -> records; envs share one read
+_DATA = DataArg("GSM8KEnv", "data_path", "a local GSM8K-format JSONL file (e.g. 'data/gsm8k/train.jsonl') or a "
+                "Hugging Face dataset name such as 'openai/gsm8k'")
 
 
 def split_solution(answer: str) -> tuple[str, str]:
@@ -83,49 +82,12 @@ def rewrite_annotations(solution: str) -> str:
     return _ANNOTATION.sub(replace, solution)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _FILE_CACHE:
-        records = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON: {exc}") from None
-                records.append(_check_record(record, f"{path}:{lineno}"))
-        _FILE_CACHE[key] = records
-    return _FILE_CACHE[key]
-
-
 def _check_record(record: Any, where: str) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("question"), str) or not isinstance(record.get("answer"), str):
         raise ValueError(f"{where}: expected an object with string fields 'question' and 'answer'")
     if "####" not in record["answer"]:
         raise ValueError(f"{where}: 'answer' has no '#### <final answer>' line")
     return {"question": record["question"], "answer": record["answer"]}
-
-
-def _load_hf(name: str, config: str | None, split: str) -> list[dict]:
-    try:
-        import datasets  # optional and heavy: imported only when a Hub dataset is asked for
-    except ImportError:
-        raise ImportError(
-            f"loading {name!r} from the Hugging Face Hub needs the `datasets` package (pip install datasets); "
-            "or pass data_path= a local GSM8K-format JSONL file"
-        ) from None
-    if config is None and name.lower().endswith("gsm8k"):
-        config = "main"  # openai/gsm8k has configs "main" and "socratic"
-    try:
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # offline, unknown name, no such split: one clear line, cause attached
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise RuntimeError(f"could not load Hugging Face dataset {name!r} (config {config!r}, split {split!r}): "
-                           f"{type(exc).__name__}: {first}") from exc
-    return [_check_record(dict(row), f"{name}[{split}][{i}]") for i, row in enumerate(rows)]
 
 
 class GSM8KEnv(ChatToolEnv):
@@ -137,13 +99,11 @@ class GSM8KEnv(ChatToolEnv):
             config ``"main"`` by default), loaded with the ``datasets`` package (needs network).
             Required: the kit ships no data.
         split: ``"train"`` or ``"test"``.
-        split_file: how a local file maps onto the splits. ``True`` (default): the file holds every
-            record and the split holds out a deterministic part of it: records 10, 20, 30, ... (1-based
-            line order, every ``holdout_every``-th) are ``"test"``, all others ``"train"`` (747 / 6,726
-            of GSM8K's 7,473 training problems). ``False``: the file already is the requested split
-            (e.g. GSM8K's official ``test.jsonl`` with ``split="test"``): every record is used. A Hub
-            dataset always uses its own split of that name; ``split_file`` is then ignored.
-        holdout_every: the test fraction's period with ``split_file=True`` (default 10).
+        holdout_every: how a local file maps onto the splits (:func:`~pbsd_agents.envs.data.holdout`).
+            ``10`` (default): records 10, 20, 30, ... (1-based line order) are ``"test"``, all others
+            ``"train"`` (747 / 6,726 of GSM8K's 7,473 training problems). ``None``: the file already is
+            the requested split (e.g. GSM8K's official ``test.jsonl`` with ``split="test"``): every record
+            is used. A Hub dataset always uses its own split of that name; ``holdout_every`` is then ignored.
         use_calculator: offer the ``calculator`` tool (default True).
         hf_config: the Hub dataset's config name (default: ``"main"`` for ``*gsm8k``, else none).
         max_turns: assistant turns before truncation (default 12: up to 9 annotated steps + answer).
@@ -162,7 +122,7 @@ class GSM8KEnv(ChatToolEnv):
         >>> path = tempfile.mkdtemp() + "/one.jsonl"
         >>> with open(path, "w") as f:
         ...     _ = f.write(json.dumps(rec) + "\n")
-        >>> env = gymnasium.make("pbsd/GSM8K-v0", data_path=path, split_file=False)
+        >>> env = gymnasium.make("pbsd/GSM8K-v0", data_path=path, holdout_every=None)
         >>> obs, info = env.reset(seed=0)
         >>> print(info["privileged"])
         He has 3*4 = 12 apples.
@@ -179,8 +139,7 @@ class GSM8KEnv(ChatToolEnv):
         data_path: str | os.PathLike | None = None,
         split: str = "train",
         *,
-        split_file: bool = True,
-        holdout_every: int = 10,
+        holdout_every: int | None = 10,
         use_calculator: bool = True,
         hf_config: str | None = None,
         max_turns: int = 12,
@@ -189,30 +148,23 @@ class GSM8KEnv(ChatToolEnv):
         super().__init__(split=split, max_turns=max_turns, **kwargs)
         if not isinstance(use_calculator, bool):
             raise ValueError(f"use_calculator must be True or False, got {use_calculator!r}")
-        if not isinstance(split_file, bool):
-            raise ValueError(f"split_file must be True or False, got {split_file!r}")
-        if not isinstance(holdout_every, int) or isinstance(holdout_every, bool) or holdout_every < 2:
-            raise ValueError(f"holdout_every must be an int >= 2, got {holdout_every!r}")
-        if data_path is None:
-            raise ValueError(
-                "GSM8KEnv needs data_path=: a local GSM8K-format JSONL file (e.g. 'data/gsm8k/train.jsonl') "
-                "or a Hugging Face dataset name such as 'openai/gsm8k'"
-            )
+        check_holdout_every(holdout_every)
         self.data_path = str(data_path)
         self.use_calculator = use_calculator
-        path = Path(data_path).expanduser()
-        if path.is_file():
-            records = _read_jsonl(path)
-            if split_file:
-                test = split == "test"
-                records = [r for i, r in enumerate(records) if ((i + 1) % holdout_every == 0) == test]
-        elif isinstance(data_path, str) and _HF_NAME.fullmatch(data_path) and not data_path.endswith((".jsonl", ".json")):
-            records = _load_hf(data_path, hf_config, split)
+        found = local_or_hub(_DATA, data_path)
+        if isinstance(found, tuple):
+            name, inside = found
+            if inside is not None:
+                raise _DATA.error(data_path, "names a file inside a Hugging Face dataset, not a dataset")
+            if hf_config is None and name.lower().endswith("gsm8k"):
+                hf_config = "main"  # openai/gsm8k has configs "main" and "socratic"
+            rows = hub_dataset(_DATA, data_path, name, hf_config, split)
+            records = [_check_record(row, f"{name}[{split}][{i}]") for i, row in enumerate(rows)]
+        elif found.is_file():
+            records = [_check_record(r, f"{found}, record {i}") for i, r in enumerate(read_records(found), 1)]
+            records = holdout(records, split, holdout_every)
         else:
-            raise ValueError(
-                f"data_path {self.data_path!r} is not an existing file, nor a Hugging Face dataset name "
-                "like 'openai/gsm8k'"
-            )
+            raise _DATA.error(data_path, "is a folder, not a file")
         if not records:
             raise ValueError(f"no records for split {split!r} in {self.data_path!r}")
         self.records = records
@@ -236,9 +188,9 @@ class GSM8KEnv(ChatToolEnv):
             privileged=f"{rewrite_annotations(solution)}\nAnswer: \\boxed{{{gold}}}",
             oracle=oracle,
             tools=self._tools,
-            answer=gold,
+            gold=gold,
         )
 
-    def score(self, final_text: str, calls: list) -> tuple[float, dict]:
-        reward, extra = score_answer(final_text, self.task.answer)
-        return reward, {**extra, "answer": self.task.answer}
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        reward, extra = score_answer(transcript.final_text, self.task.gold)
+        return reward, {**extra, "answer": self.task.gold}

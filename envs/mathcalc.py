@@ -14,7 +14,8 @@ from typing import Callable
 from pbsd_agents.tools.calculator import calculate, calculator_tool
 
 from .answers import calculator_oracle, score_answer
-from .base import ChatToolEnv, Task
+from .base import ChatToolEnv, Task, Transcript
+from .data import DisjointSplits
 
 SYSTEM_PROMPT = "Solve the math problem. Use the calculator tool for arithmetic. Give the final answer as \\boxed{N}."
 TEST_SIZE = 200
@@ -221,6 +222,15 @@ def draw_problem(seed: str) -> tuple[str, str, list[tuple[str, int]]]:
         return kind, question, draw.steps
 
 
+def _draw(split: str, index: int, attempt: int) -> tuple[str, str, list[tuple[str, int]]]:
+    # test seeds carry no attempt: a test task is never redrawn, only skipped when it repeats one
+    return draw_problem(f"{_SALT}|test|{index}" if split == "test" else f"{_SALT}|train|{index}|{attempt}")
+
+
+# The test split is the first 200 distinct questions of the test seeds; a train draw equal to one is redrawn.
+SPLITS = DisjointSplits(_draw, key=lambda drawn: drawn[1], test_size=TEST_SIZE, distinct_test=True)
+
+
 class MathCalcEnv(ChatToolEnv):
     r"""Procedural arithmetic word problems with a ``calculator`` tool; the answer goes in ``\boxed{}``.
 
@@ -246,46 +256,14 @@ class MathCalcEnv(ChatToolEnv):
         (1.0, True, True)
     """
 
-    _test_draws: list[tuple[str, str, list[tuple[str, int]]]] | None = None  # built once per process
-    _test_questions: frozenset[str] = frozenset()
-
     def __init__(self, split: str = "train", **kwargs):
         super().__init__(split=split, **kwargs)
         self.num_tasks = TEST_SIZE if split == "test" else None
         self._tool = calculator_tool()
 
-    @classmethod
-    def test_draws(cls) -> list[tuple[str, str, list[tuple[str, int]]]]:
-        """The test split: the first 200 distinct questions drawn from the test seeds."""
-        if cls._test_draws is None:
-            draws, seen, j = [], set(), 0
-            while len(draws) < TEST_SIZE:
-                drawn = draw_problem(f"{_SALT}|test|{j}")
-                j += 1
-                if drawn[1] not in seen:  # a rare repeat would count one problem twice
-                    seen.add(drawn[1])
-                    draws.append(drawn)
-            cls._test_draws = draws
-            cls._test_questions = frozenset(seen)
-        return cls._test_draws
-
-    @classmethod
-    def test_questions(cls) -> frozenset[str]:
-        """The question texts of the test split (train draws equal to one of them are skipped)."""
-        cls.test_draws()
-        return cls._test_questions
-
     def draw(self, index: int) -> tuple[str, str, list[tuple[str, int]]]:
         """Template, question and steps of task ``index`` of this split."""
-        if self.split == "test":
-            return self.test_draws()[index]
-        banned = self.test_questions()
-        attempt = 0
-        while True:
-            drawn = draw_problem(f"{_SALT}|train|{index}|{attempt}")
-            if drawn[1] not in banned:
-                return drawn
-            attempt += 1
+        return SPLITS.task(self.split, index)
 
     def make_task(self, index: int) -> Task:
         kind, question, steps = self.draw(index)
@@ -297,9 +275,9 @@ class MathCalcEnv(ChatToolEnv):
             privileged=f"{worked} Answer: \\boxed{{{answer}}}",
             oracle=calculator_oracle([e for e, _ in steps], answer, self.tool_format, self.max_turns),
             tools=[self._tool],
-            answer=answer,
+            gold=answer,
         )
 
-    def score(self, final_text: str, calls: list) -> tuple[float, dict]:
-        reward, extra = score_answer(final_text, self.task.answer)
-        return reward, {**extra, "answer": self.task.answer}
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        reward, extra = score_answer(transcript.final_text, self.task.gold)
+        return reward, {**extra, "answer": self.task.gold}

@@ -18,15 +18,14 @@ fixed tasks; a train task whose request and reference calls equal a test task's 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import random
 from typing import Any
 
-from pbsd_agents.tools.base import DEFAULT_MAX_OUTPUT_CHARS, DEFAULT_TIMEOUT_S, Tool
-from pbsd_agents.tools.parsers import ParsedCall, format_tool_call
+from pbsd_agents.tools.base import Tool
+from pbsd_agents.tools.parsers import format_tool_call
 
-from .base import ChatToolEnv, Task
+from .base import ChatToolEnv, Task, Transcript
+from .data import DisjointSplits
 
 TEST_SIZE = 100
 SYSTEM_PROMPT = (
@@ -372,18 +371,8 @@ def _generate(split: str, index: int, attempt: int = 0) -> tuple[dict, str, list
                 return (db, *goal)
 
 
-def _fingerprint(request: str, calls: list[tuple[str, dict]]) -> str:
-    return hashlib.sha256(json.dumps([request, calls], sort_keys=True).encode()).hexdigest()
-
-
-_TEST_FINGERPRINTS: frozenset[str] | None = None
-
-
-def _test_fingerprints() -> frozenset[str]:
-    global _TEST_FINGERPRINTS
-    if _TEST_FINGERPRINTS is None:  # computed once per process; ~0.1 s
-        _TEST_FINGERPRINTS = frozenset(_fingerprint(r, c) for _, r, c, _ in (_generate("test", i) for i in range(TEST_SIZE)))
-    return _TEST_FINGERPRINTS
+# A train task whose request and reference calls equal a test task's is regenerated.
+SPLITS = DisjointSplits(_generate, key=lambda task: [task[1], task[2]], test_size=TEST_SIZE)
 
 
 def replay(db: dict, calls: list[tuple[str, dict]]) -> dict:
@@ -420,17 +409,8 @@ class RetailEnv(ChatToolEnv):
         (1.0, True)
     """
 
-    def __init__(
-        self,
-        split: str = "train",
-        max_turns: int = 10,
-        tool_format: str = "hermes",
-        tool_timeout_s: float | None = DEFAULT_TIMEOUT_S,
-        max_tool_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-        render_mode: str | None = None,
-    ):
-        super().__init__(split=split, max_turns=max_turns, tool_format=tool_format, tool_timeout_s=tool_timeout_s,
-                         max_tool_output_chars=max_tool_output_chars, render_mode=render_mode)
+    def __init__(self, split: str = "train", max_turns: int = 10, **kwargs: Any):
+        super().__init__(split=split, max_turns=max_turns, **kwargs)
         self.num_tasks = TEST_SIZE if split == "test" else None
         self.world: RetailWorld | None = None
         # One set of tools for all episodes: each call goes to the current episode's world.
@@ -444,12 +424,7 @@ class RetailEnv(ChatToolEnv):
         return call
 
     def make_task(self, index: int) -> Task:
-        attempt = 0
-        while True:
-            db, request, calls, final = _generate(self.split, index, attempt)
-            if self.split == "test" or _fingerprint(request, calls) not in _test_fingerprints():
-                break
-            attempt += 1  # a train task must never be a test task
+        db, request, calls, final = SPLITS.task(self.split, index)
         oracle = [format_tool_call(n, a, self.tool_format) for n, a in calls] + [final]
         return Task(
             task_id=f"retail-{self.split}-{index}",
@@ -457,14 +432,14 @@ class RetailEnv(ChatToolEnv):
             privileged="\n".join(oracle[:-1]),
             oracle=oracle,
             tools=self.tools,
-            answer={"db": db, "goal": replay(db, calls), "calls": calls},
+            gold={"db": db, "goal": replay(db, calls), "calls": calls},  # start, goal and reference calls
         )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = super().reset(seed=seed, options=options)
-        self.world = RetailWorld(copy.deepcopy(self.task.answer["db"]))
+        self.world = RetailWorld(copy.deepcopy(self.task.gold["db"]))  # this episode's world
         return obs, info
 
-    def score(self, final_text: str, calls: list[ParsedCall]) -> tuple[float, dict]:
-        ok = self.world.db == self.task.answer["goal"]
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        ok = self.world.db == self.task.gold["goal"]
         return (1.0 if ok else 0.0), {"database_match": ok}

@@ -20,16 +20,16 @@ from __future__ import annotations
 import ast
 import copy
 import functools
-import json
 import operator
 import os
 from collections import Counter
 from typing import Any
 
-from pbsd_agents.tools.base import DEFAULT_MAX_OUTPUT_CHARS, DEFAULT_TIMEOUT_S, Tool
-from pbsd_agents.tools.parsers import ParsedCall, format_tool_call
+from pbsd_agents.tools.base import Tool
+from pbsd_agents.tools.parsers import format_tool_call
 
-from .base import ChatToolEnv, Task
+from .base import ChatToolEnv, Task, Transcript
+from .data import DataArg, read_json
 
 DB_FILES = ("users.json", "orders.json", "products.json")
 NO_USER_NOTE = (
@@ -44,21 +44,13 @@ def _round2(x: float) -> float:
     return round(x + 0.0, 2)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_db(data_dir: str, stamp: tuple) -> dict[str, dict]:
-    """The database tables of ``data_dir`` (``stamp`` = file mtimes, so an edited file is re-read)."""
-    tables = {}
-    for name in DB_FILES:
-        with open(os.path.join(data_dir, name), encoding="utf-8") as f:
-            tables[name.split(".")[0]] = json.load(f)
-    return tables
+_DATA = DataArg("TauRetailEnv", "data_dir", f"a folder with {', '.join(DB_FILES)}, tools_schema.json, policy_wiki.md "
+                "and tasks_<split>.json (tau-bench retail)")
 
 
 def load_database(data_dir: str) -> dict[str, dict]:
     """The shared, read-only tables ``users``, ``orders``, ``products`` of ``data_dir`` (cached)."""
-    data_dir = os.path.realpath(data_dir)
-    stamp = tuple(os.stat(os.path.join(data_dir, n)).st_mtime_ns for n in DB_FILES)
-    return _load_db(data_dir, stamp)
+    return {name.split(".")[0]: read_json(os.path.join(data_dir, name)) for name in DB_FILES}
 
 
 # ---- the database and its tools --------------------------------------------------------------
@@ -411,7 +403,7 @@ class TauRetailEnv(ChatToolEnv):
         Traceback (most recent call last):
         ...
         ValueError: TauRetailEnv needs data_dir=: a folder with users.json, ...
-        >>> env = gym.make("pbsd/TauRetail-v0", data_dir="shared/data/tau_bench/retail", split="dev").unwrapped  # doctest: +SKIP
+        >>> env = gym.make("pbsd/TauRetail-v0", data_dir="tau_bench/retail", split="dev").unwrapped  # doctest: +SKIP
         >>> obs, info = env.reset(options={"index": 0})  # doctest: +SKIP
         >>> for turn in env.oracle_actions():  # doctest: +SKIP
         ...     obs, reward, terminated, truncated, info = env.step(turn)
@@ -421,34 +413,22 @@ class TauRetailEnv(ChatToolEnv):
 
     splits = ("train", "dev", "test")
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        split: str = "train",
-        max_turns: int = 30,
-        tool_format: str = "hermes",
-        tool_timeout_s: float | None = DEFAULT_TIMEOUT_S,
-        max_tool_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-        render_mode: str | None = None,
-    ):
-        super().__init__(split=split, max_turns=max_turns, tool_format=tool_format, tool_timeout_s=tool_timeout_s,
-                         max_tool_output_chars=max_tool_output_chars, render_mode=render_mode)
+    def __init__(self, data_dir: str | None = None, split: str = "train", max_turns: int = 30, **kwargs: Any):
+        super().__init__(split=split, max_turns=max_turns, **kwargs)
         if data_dir is None:
-            raise ValueError("TauRetailEnv needs data_dir=: a folder with users.json, orders.json, products.json, "
-                             "tools_schema.json, policy_wiki.md and tasks_<split>.json (tau-bench retail)")
+            raise _DATA.missing()
         if not os.path.isdir(data_dir):
-            raise ValueError(f"data_dir {data_dir!r} is not a directory")
+            raise _DATA.error(data_dir, "is not a folder")
         self.data_dir = data_dir
         tasks_path = os.path.join(data_dir, f"tasks_{split}.json")
         if not os.path.isfile(tasks_path):
             present = sorted(f for f in os.listdir(data_dir) if f.startswith("tasks_") and f.endswith(".json"))
-            raise ValueError(f"no tasks file for split {split!r} in {data_dir!r} (looked for tasks_{split}.json); "
-                             f"task files present: {present or 'none'}")
+            raise _DATA.error(data_dir, f"has no tasks file for split {split!r} (looked for tasks_{split}.json; "
+                                        f"task files present: {present or 'none'})")
         missing = [f for f in (*DB_FILES, "tools_schema.json", "policy_wiki.md") if not os.path.isfile(os.path.join(data_dir, f))]
         if missing:
-            raise ValueError(f"data_dir {data_dir!r} lacks {missing}")
-        with open(tasks_path, encoding="utf-8") as f:
-            self.tasks: list[dict] = json.load(f)
+            raise _DATA.error(data_dir, f"lacks {missing}")
+        self.tasks: list[dict] = read_json(tasks_path)
         with open(os.path.join(data_dir, "policy_wiki.md"), encoding="utf-8") as f:
             self.system_prompt = f.read().rstrip() + NO_USER_NOTE
         self.base_db = load_database(data_dir)
@@ -457,10 +437,8 @@ class TauRetailEnv(ChatToolEnv):
         self.tools = self._make_tools(os.path.join(data_dir, "tools_schema.json"))
 
     def _make_tools(self, schema_path: str) -> list[Tool]:
-        with open(schema_path, encoding="utf-8") as f:
-            schemas = json.load(f)
         tools = []
-        for entry in schemas:
+        for entry in read_json(schema_path):
             spec = entry.get("function", entry)
             name = spec["name"]
             if name.startswith("_") or not callable(getattr(RetailDB, name, None)):
@@ -505,7 +483,7 @@ class TauRetailEnv(ChatToolEnv):
             privileged="\n".join(oracle[:-1]) or "(no database change is needed)",
             oracle=oracle,
             tools=self.tools,
-            answer={"index": index, "actions": raw["actions"], "outputs": outputs},
+            gold={"index": index, "outputs": outputs},  # the gold database is replayed from the task's actions
         )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -513,9 +491,9 @@ class TauRetailEnv(ChatToolEnv):
         self.db = RetailDB(self.base_db)
         return obs, info
 
-    def score(self, final_text: str, calls: list[ParsedCall]) -> tuple[float, dict]:
-        state_ok = self.db.same_state(self.gold_db(self.task.answer["index"]))
-        said = " ".join(m["content"] for m in self.messages if m["role"] == "assistant").lower().replace(",", "")
-        missing = [o for o in self.task.answer["outputs"] if str(o).lower().replace(",", "") not in said]
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        state_ok = self.db.same_state(self.gold_db(self.task.gold["index"]))
+        said = " ".join(m["content"] for m in transcript.messages if m["role"] == "assistant").lower().replace(",", "")
+        missing = [o for o in self.task.gold["outputs"] if str(o).lower().replace(",", "") not in said]
         ok = state_ok and not missing
         return (1.0 if ok else 0.0), {"database_match": state_ok, "missing_outputs": missing}

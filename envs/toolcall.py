@@ -16,33 +16,21 @@ expected; strings compare after normalisation (case, spaces, punctuation).
 
 from __future__ import annotations
 
-import json
+import functools
 import random
 from typing import Any, Callable
 
-from pbsd_agents.tools.base import Tool
-from pbsd_agents.tools.parsers import ParsedCall, ParseError, format_tool_calls, parse_tool_calls
+from pbsd_agents.tools.base import Tool, acknowledge
+from pbsd_agents.tools.parsers import format_hint, format_tool_calls
 
-from .base import ChatToolEnv, Task
+from .base import ChatToolEnv, Task, Transcript
 from .checker import check_calls
+from .data import DisjointSplits
 
 VARIANTS = ("single", "multiple", "parallel")
 _MODE = {"single": "simple", "multiple": "multiple", "parallel": "parallel"}
 
 SYSTEM_PROMPT = "You are a helpful assistant with tools. Answer the request with the right tool call(s) only."
-FORMAT_HINTS = {
-    "hermes": 'Write each call as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.',
-    "json": 'Write the call as JSON {"name": ..., "arguments": {...}}, or a JSON list of them for several calls.',
-    "python": "Write the calls as a Python list: [func(arg=value), ...].",
-}
-
-
-def call_format_hint(tool_format: str) -> str:
-    """One sentence telling the model how to write calls in ``tool_format``."""
-    if tool_format not in FORMAT_HINTS:
-        raise ValueError(f"tool_format must be one of {list(FORMAT_HINTS)}, got {tool_format!r}")
-    return FORMAT_HINTS[tool_format]
-
 
 # ---- value pools -------------------------------------------------------------------------------
 
@@ -384,18 +372,11 @@ _BY_NAME = {name: (desc, params, gen) for name, desc, params, gen in CATALOG}
 _TOOLS: dict[str, Tool] = {}
 
 
-def _acknowledge(name: str) -> Callable[..., str]:
-    # The episode ends after the first turn, so a tool only ever acknowledges.
-    def fn(**_: Any) -> str:
-        return f"{name}: done"
-    return fn
-
-
 def _tool(name: str) -> Tool:
     """The catalog's tool ``name`` (built once: schema checks are not free)."""
     if name not in _TOOLS:
         desc, params, _ = _BY_NAME[name]
-        _TOOLS[name] = Tool(name, desc, params, _acknowledge(name))
+        _TOOLS[name] = Tool(name, desc, params, acknowledge(name))  # single turn: a call is never run
     return _TOOLS[name]
 
 
@@ -421,8 +402,39 @@ def _pattern(schema: dict, args: dict) -> dict:
     return out
 
 
-def _fingerprint(request: str, gold: list[dict]) -> str:
-    return request + "\x00" + json.dumps(gold, sort_keys=True)
+def _draw(variants: tuple[str, ...], split: str, index: int, attempt: int) -> tuple[str, list[dict], list[tuple[str, dict]], list[str], str]:
+    """(request, gold, calls, tool names offered, variant) of a task, from its own RNG."""
+    r = random.Random(f"pbsd/ToolCall-v0|{split}|{index}|{attempt}")
+    variant = r.choice(variants)
+    names = [n for n, *_ in CATALOG]
+    if variant in ("single", "multiple"):
+        needed = [r.choice(names)]
+    elif r.random() < 0.5:
+        needed = [r.choice(names)] * r.randint(2, 3)
+    else:
+        needed = r.sample(names, r.randint(2, 3))
+    calls: list[tuple[str, dict]] = []
+    texts: list[str] = []
+    for name in needed:
+        for _ in range(20):  # the same tool twice must get different arguments
+            text, args = _BY_NAME[name][2](r)
+            if (name, args) not in calls:
+                break
+        calls.append((name, args))
+        texts.append(text)
+    request = texts[0] if len(texts) == 1 else " ".join([texts[0]] + [f"Also: {t[0].lower()}{t[1:]}" for t in texts[1:]])
+    gold = [gold_for(n, a) for n, a in calls]
+    others = [n for n in names if n not in needed]
+    n_distract = {"single": 0, "multiple": r.randint(2, 4), "parallel": r.randint(0, 2)}[variant]
+    offered = list(dict.fromkeys(needed)) + r.sample(others, n_distract)
+    r.shuffle(offered)
+    return request, gold, calls, offered, variant
+
+
+@functools.lru_cache(maxsize=None)
+def splits(variants: tuple[str, ...], num_test_tasks: int) -> DisjointSplits:
+    """The train/test splits of one setting (shared by its envs: the test keys are computed once)."""
+    return DisjointSplits(functools.partial(_draw, variants), key=lambda d: [d[0], d[1]], test_size=num_test_tasks)
 
 
 class ToolCallEnv(ChatToolEnv):
@@ -473,77 +485,25 @@ class ToolCallEnv(ChatToolEnv):
         self.variants = tuple(dict.fromkeys(variants))
         self.num_test_tasks = num_test_tasks
         self.num_tasks = num_test_tasks if split == "test" else None
-
-    # ---- task generation -----------------------------------------------------------------------
-
-    _test_fingerprints: dict[tuple, frozenset] = {}  # shared by instances: computed once per setting
-
-    def _test_set(self) -> frozenset:
-        key = (self.variants, self.num_test_tasks)
-        if key not in ToolCallEnv._test_fingerprints:
-            ToolCallEnv._test_fingerprints[key] = frozenset(
-                _fingerprint(*self._draw("test", i, 0)[:2]) for i in range(self.num_test_tasks)
-            )
-        return ToolCallEnv._test_fingerprints[key]
-
-    def _draw(self, split: str, index: int, attempt: int) -> tuple[str, list[dict], list[tuple[str, dict]], list[str], str]:
-        """(request, gold, calls, tool names offered, variant) of task ``index``, from its own RNG."""
-        r = random.Random(f"pbsd/ToolCall-v0|{split}|{index}|{attempt}")
-        variant = r.choice(self.variants)
-        names = [n for n, *_ in CATALOG]
-        if variant in ("single", "multiple"):
-            needed = [r.choice(names)]
-        elif r.random() < 0.5:
-            needed = [r.choice(names)] * r.randint(2, 3)
-        else:
-            needed = r.sample(names, r.randint(2, 3))
-        calls: list[tuple[str, dict]] = []
-        texts: list[str] = []
-        for name in needed:
-            for _ in range(20):  # the same tool twice must get different arguments
-                text, args = _BY_NAME[name][2](r)
-                if (name, args) not in calls:
-                    break
-            calls.append((name, args))
-            texts.append(text)
-        request = texts[0] if len(texts) == 1 else " ".join([texts[0]] + [f"Also: {t[0].lower()}{t[1:]}" for t in texts[1:]])
-        gold = [gold_for(n, a) for n, a in calls]
-        others = [n for n in names if n not in needed]
-        n_distract = {"single": 0, "multiple": r.randint(2, 4), "parallel": r.randint(0, 2)}[variant]
-        offered = list(dict.fromkeys(needed)) + r.sample(others, n_distract)
-        r.shuffle(offered)
-        return request, gold, calls, offered, variant
+        self.splits = splits(self.variants, num_test_tasks)
 
     def make_task(self, index: int) -> Task:
-        attempt = 0
-        while True:
-            request, gold, calls, offered, variant = self._draw(self.split, index, attempt)
-            if self.split == "test" or _fingerprint(request, gold) not in self._test_set():
-                break
-            attempt += 1
+        request, gold, calls, offered, variant = self.splits.task(self.split, index)
         text = format_tool_calls(calls, self.tool_format)
-        system = f"{SYSTEM_PROMPT} {call_format_hint(self.tool_format)}"
+        system = f"{SYSTEM_PROMPT} {format_hint(self.tool_format)}"
         return Task(
             task_id=f"toolcall-{self.split}-{index}",
             messages=[{"role": "system", "content": system}, {"role": "user", "content": request}],
             privileged=text,
             oracle=[text],
             tools=[_tool(n) for n in offered],
-            answer={"gold": gold, "variant": variant},
+            gold=gold,
+            info={"variant": variant},
         )
 
-    # ---- the episode ---------------------------------------------------------------------------
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[dict], dict]:
-        obs, info = super().reset(seed=seed, options=options)
-        info["variant"] = self.task.answer["variant"]
-        return obs, info
-
-    def score(self, final_text: str, calls: list[ParsedCall]) -> tuple[float, dict]:
-        errors = [r for r in parse_tool_calls(final_text, self.tool_format) if isinstance(r, ParseError)]
-        if errors:
-            return 0.0, {"error_type": "parse_error", "check_message": errors[0].message}
-        answer = self.task.answer
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
+        if transcript.parse_errors:
+            return 0.0, {"error_type": "parse_error", "check_message": transcript.parse_errors[0].message}
         schemas = [{"name": t.name, "parameters": _BY_NAME[t.name][1]} for t in self.task.tools]
-        res = check_calls(calls, answer["gold"], schemas, _MODE[answer["variant"]])
+        res = check_calls(transcript.calls, self.task.gold, schemas, _MODE[self.task.info["variant"]])
         return float(res.ok), {"error_type": res.error_type, "check_message": res.message}

@@ -15,7 +15,7 @@ import random
 
 import gymnasium as gym
 
-from pbsd_agents.envs import ChatToolEnv, Task
+from pbsd_agents.envs import ChatToolEnv, Task, Transcript
 from pbsd_agents.testing import check_env
 from pbsd_agents.tools import Tool, format_tool_call
 
@@ -61,13 +61,13 @@ class LibraryEnv(ChatToolEnv):
                 f"'{title}' is on shelf {shelf}.",
             ],
             tools=tools,
-            answer=shelf,
+            gold=shelf,  # what score() compares with; the model never sees it
         )
 
-    def score(self, final_text: str, calls: list) -> tuple[float, dict]:
+    def score(self, transcript: Transcript) -> tuple[float, dict]:
         # The final turn must name the shelf; "A-1" must not count inside "A-12".
-        words = final_text.replace(".", " ").replace(",", " ").split()
-        return float(self.task.answer in words), {"answer": self.task.answer}
+        words = transcript.final_text.replace(".", " ").replace(",", " ").split()
+        return float(self.task.gold in words), {"answer": self.task.gold}
 
 
 if ENV_ID not in gym.registry:  # importing this file twice must not re-register (gymnasium would warn)

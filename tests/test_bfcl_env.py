@@ -2,19 +2,16 @@
 
 import json
 import warnings
-from pathlib import Path
 
 import gymnasium
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import pbsd_agents  # noqa: F401  (registers the environments)
-from pbsd_agents.envs import bfcl
+from pbsd_agents.envs import data
 from pbsd_agents.envs.bfcl import BFCLEnv, category_of, first_acceptable_call
 from pbsd_agents.tools.parsers import format_tool_calls
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"BFCL reference data not found at {DATA} (see DESIGN: ../shared/data)")
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple")
 # Tasks whose ground truth no call can meet (real errors in BFCL v3): gold function name absent.
 KNOWN_DATA_ERRORS = {"simple_363"}
@@ -67,33 +64,35 @@ def test_no_data_path_says_what_to_pass():
 
 
 def test_loader_errors(tiny, tmp_path):
-    with pytest.raises(ValueError, match="neither a file nor a folder"):
+    with pytest.raises(ValueError, match=r"missing\.json' is neither an existing file or folder .*; pass data_path= "):
         BFCLEnv(data_path=str(tmp_path / "missing.json"))
-    with pytest.raises(ValueError, match="test_every must be a positive int, got 0"):
-        BFCLEnv(data_path=tiny["data"], test_every=0)
+    with pytest.raises(ValueError, match="holdout_every must be a positive int or None, got 0"):
+        BFCLEnv(data_path=tiny["data"], holdout_every=0)
     with pytest.raises(ValueError, match="holds no tasks"):
-        BFCLEnv(data_path=tiny["data"], split="train", test_every=1)
+        BFCLEnv(data_path=tiny["data"], split="train", holdout_every=1)
+    with pytest.raises(ValueError, match=r"answer_path '.*nope\.json' is not a file"):
+        BFCLEnv(data_path=tiny["data"], answer_path=tmp_path / "nope.json")
     with pytest.raises(ValueError, match="split must be one of"):
         BFCLEnv(data_path=tiny["data"], split="all")
     lonely = write_jsonl(tmp_path / "other" / "BFCL_v3_simple.json", [
         {"id": "simple_0", "question": [[{"role": "user", "content": "x"}]], "function": FUNCS[:1]}])
     with pytest.raises(ValueError, match="pass answer_path="):
-        BFCLEnv(data_path=lonely, split="test", test_every=1)
+        BFCLEnv(data_path=lonely, split="test", holdout_every=1)
     java = write_jsonl(tmp_path / "j" / "BFCL_v3_java.json", [
         {"id": "java_0", "question": [[{"role": "user", "content": "x"}]], "function": FUNCS[:1]}])
     with pytest.raises(ValueError, match="unsupported category 'java'"):
-        BFCLEnv(data_path=java, split="test", test_every=1)
+        BFCLEnv(data_path=java, split="test", holdout_every=1)
     bad_type = write_jsonl(tmp_path / "t" / "BFCL_v3_irrelevance.json", [
         {"id": "irrelevance_0", "question": [[{"role": "user", "content": "x"}]],
          "function": [{"name": "f", "parameters": {"type": "dict", "properties": {"a": {"type": "str"}}}}]}])
     with pytest.raises(ValueError, match="irrelevance_0.*unknown schema type 'str'"):
-        BFCLEnv(data_path=bad_type, split="test", test_every=1)
+        BFCLEnv(data_path=bad_type, split="test", holdout_every=1)
 
 
 def test_tiny_file_oracle_dotted_names_and_formats(tiny):
     for fmt in ("hermes", "json", "python"):
         for underscore in (False, True):
-            env = make(data_path=tiny["data"], split="test", test_every=1, tool_format=fmt, underscore_names=underscore)
+            env = make(data_path=tiny["data"], split="test", holdout_every=1, tool_format=fmt, underscore_names=underscore)
             assert env.unwrapped.num_tasks == 10
             for i in range(10):
                 obs, info = env.reset(options={"index": i})
@@ -103,7 +102,7 @@ def test_tiny_file_oracle_dotted_names_and_formats(tiny):
                 assert names == (["math_factorial", "geo_area"] if underscore else ["math.factorial", "geo.area"])
                 _, reward, terminated, _, step_info = env.step(env.unwrapped.oracle_actions()[0])
                 assert (reward, terminated, step_info["category"], step_info["error_type"]) == (1.0, True, "live_parallel_multiple", None)
-    env = BFCLEnv(data_path=tiny["data"], split="test", test_every=1)
+    env = BFCLEnv(data_path=tiny["data"], split="test", holdout_every=1)
     env.reset(options={"index": 3})
     # tools are callable by the exact (dotted) name the schema gives
     assert env.toolbox.call("math.factorial", {"number": 3}).ok
@@ -111,7 +110,7 @@ def test_tiny_file_oracle_dotted_names_and_formats(tiny):
 
 
 def test_tiny_file_wrong_answers(tiny):
-    env = BFCLEnv(data_path=tiny["data"], split="test", test_every=1)
+    env = BFCLEnv(data_path=tiny["data"], split="test", holdout_every=1)
     cases = {
         format_tool_calls([("math.factorial", {"number": 2}), ("geo.area", {"base": 2, "tags": ["A", "b"], "opts": {"fast": True}})]): None,
         format_tool_calls([("geo.area", {"base": 2, "tags": ["a", "b"]}), ("math.factorial", {"number": 2})]): None,
@@ -131,7 +130,7 @@ def test_tiny_file_wrong_answers(tiny):
 
 
 def test_irrelevance_and_relevance(tiny):
-    env = make(data_path=tiny["irrelevance"], split="test", test_every=1)
+    env = make(data_path=tiny["irrelevance"], split="test", holdout_every=1)
     obs, info = env.reset(options={"index": 0})
     assert [m["role"] for m in obs] == ["system", "user"] and obs[0]["content"] == "Be brief."  # the data's own system prompt
     assert info["category"] == "irrelevance"
@@ -143,7 +142,7 @@ def test_irrelevance_and_relevance(tiny):
     env.reset(options={"index": 0})
     _, reward, *_ = env.step("<tool_call>not json</tool_call>")  # an unreadable call is no call
     assert reward == 1.0
-    env = make(data_path=tiny["relevance"], split="test", test_every=1)
+    env = make(data_path=tiny["relevance"], split="test", holdout_every=1)
     _, info = env.reset(options={"index": 1})
     assert info["category"] == "live_relevance"
     _, reward, *_ = env.step(env.unwrapped.oracle_actions()[0])
@@ -159,17 +158,19 @@ def test_splits_every_fifth_line(tiny):
     assert [r["id"] for r in test.records] == ["live_parallel_multiple_4-0-0", "live_parallel_multiple_9-0-0"]
     assert len(train.records) == 8
     assert not {r["id"] for r in test.records} & {r["id"] for r in train.records}
-    three = BFCLEnv(data_path=tiny["data"], split="test", test_every=3)
+    three = BFCLEnv(data_path=tiny["data"], split="test", holdout_every=3)
     assert [r["id"][len("live_parallel_multiple_"):] for r in three.records] == ["2-0-0", "5-0-0", "8-0-0"]
+    whole = [BFCLEnv(data_path=tiny["data"], split=split, holdout_every=None).records for split in ("train", "test")]
+    assert [r["id"] for r in whole[0]] == [r["id"] for r in whole[1]] == [f"live_parallel_multiple_{i}-0-0" for i in range(10)]
 
 
 def test_several_files_folder_and_explicit_answers(tiny):
-    env = BFCLEnv(data_path=[tiny["data"], tiny["irrelevance"]], split="test", test_every=1)
+    env = BFCLEnv(data_path=[tiny["data"], tiny["irrelevance"]], split="test", holdout_every=1)
     assert [r["category"] for r in env.records] == ["live_parallel_multiple"] * 10 + ["irrelevance"] * 5
-    folder = BFCLEnv(data_path=tiny["dir"], split="test", test_every=1)
+    folder = BFCLEnv(data_path=tiny["dir"], split="test", holdout_every=1)
     assert {r["category"] for r in folder.records} == {"live_parallel_multiple", "irrelevance", "live_relevance"}
     explicit = BFCLEnv(data_path=[tiny["data"]], answer_path=[tiny["dir"] / "possible_answer" / tiny["data"].name],
-                       split="test", test_every=1)
+                       split="test", holdout_every=1)
     assert explicit.num_tasks == 10
     with pytest.raises(ValueError, match="same length"):
         BFCLEnv(data_path=[tiny["data"], tiny["irrelevance"]], answer_path="x.json")
@@ -182,10 +183,10 @@ def test_hugging_face_names(tiny, monkeypatch):
     def offline(repo_id, filename):
         raise ConnectionError("Failed to resolve 'huggingface.co'\nmore lines")
 
-    monkeypatch.setattr(bfcl, "_hf_fetch", offline)
+    monkeypatch.setattr(data, "_download", offline)
     with pytest.raises(ValueError) as err:
         BFCLEnv(data_path="someone/bfcl/BFCL_v3_live_parallel_multiple.json")
-    assert "Hugging Face Hub failed: ConnectionError: Failed to resolve 'huggingface.co'" in str(err.value)
+    assert "Hugging Face Hub failed: ConnectionError: Failed to resolve 'huggingface.co'; pass data_path= " in str(err.value)
     assert "\n" not in str(err.value)
 
     fetched = []
@@ -194,8 +195,8 @@ def test_hugging_face_names(tiny, monkeypatch):
         fetched.append((repo_id, filename))
         return tiny["dir"] / filename
 
-    monkeypatch.setattr(bfcl, "_hf_fetch", fake)
-    env = BFCLEnv(data_path="someone/bfcl/BFCL_v3_live_parallel_multiple.json", split="test", test_every=1)
+    monkeypatch.setattr(data, "_download", fake)
+    env = BFCLEnv(data_path="someone/bfcl/BFCL_v3_live_parallel_multiple.json", split="test", holdout_every=1)
     assert env.num_tasks == 10
     assert fetched == [("someone/bfcl", "BFCL_v3_live_parallel_multiple.json"),
                        ("someone/bfcl", "possible_answer/BFCL_v3_live_parallel_multiple.json")]
@@ -205,7 +206,7 @@ def test_check_env_and_seeds(tiny):
     for path in (tiny["data"], tiny["irrelevance"]):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            env = make(data_path=path, split="test", test_every=1)
+            env = make(data_path=path, split="test", holdout_every=1)
             env.reset(seed=0)
             env.step(env.unwrapped.oracle_actions()[0])  # through gymnasium's passive checker too
             check_env(env.unwrapped)
@@ -254,11 +255,10 @@ def mutate_first_value(calls, gold):
     return None
 
 
-@needs_data
-def test_reference_files_oracle_and_one_changed_value():
+def test_reference_files_oracle_and_one_changed_value(shared_data):
     failures, mutated, mutated_zero = set(), 0, 0
     for cat in CATEGORIES:
-        env = make(data_path=DATA / f"BFCL_v3_{cat}.json", split="test", test_every=1)
+        env = make(data_path=shared_data("bfcl", f"BFCL_v3_{cat}.json"), split="test", holdout_every=1)
         u = env.unwrapped
         for i in range(u.num_tasks):
             obs, info = env.reset(options={"index": i})
@@ -283,9 +283,8 @@ def test_reference_files_oracle_and_one_changed_value():
     assert mutated > 950 and mutated_zero / mutated >= 0.99, (mutated, mutated_zero)
 
 
-@needs_data
-def test_reference_irrelevance_no_call_scores_one():
-    env = make(data_path=DATA / "BFCL_v3_irrelevance.json", split="test", test_every=1)
+def test_reference_irrelevance_no_call_scores_one(shared_data):
+    env = make(data_path=shared_data("bfcl", "BFCL_v3_irrelevance.json"), split="test", holdout_every=1)
     assert env.unwrapped.num_tasks == 240
     for i in range(env.unwrapped.num_tasks):
         _, info = env.reset(options={"index": i})
@@ -294,34 +293,32 @@ def test_reference_irrelevance_no_call_scores_one():
         assert reward == 1.0
 
 
-@needs_data
-def test_reference_python_format_and_folder():
-    env = make(data_path=DATA, split="test", tool_format="python")
+def test_reference_python_format_and_folder(shared_data):
+    folder = shared_data("bfcl")
+    env = make(data_path=folder, split="test", tool_format="python")
     u = env.unwrapped
-    assert u.num_tasks == sum(len((DATA / f).read_text().splitlines()) // 5 for f in
+    assert u.num_tasks == sum(len((folder / f).read_text().splitlines()) // 5 for f in
                               [f"BFCL_v3_{c}.json" for c in CATEGORIES + ("irrelevance",)])
     for i in range(u.num_tasks):
         env.reset(options={"index": i})
         action = u.oracle_actions()[0]
-        if u.task.answer["mode"] != "irrelevance":
+        if u.task.gold["mode"] != "irrelevance":
             assert action.startswith("[")
         _, reward, *_ = env.step(action)
         assert reward == 1.0, (u.task.task_id, action)
 
 
-@needs_data
-def test_reference_check_env():
+def test_reference_check_env(shared_data):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        env = make(data_path=DATA / "BFCL_v3_simple.json", split="test")
+        env = make(data_path=shared_data("bfcl", "BFCL_v3_simple.json"), split="test")
         env.reset(seed=0)
         env.step(env.unwrapped.oracle_actions()[0])
         check_env(env.unwrapped)
 
 
-@needs_data
-def test_reference_splits_disjoint():
-    path = DATA / "BFCL_v3_multiple.json"
+def test_reference_splits_disjoint(shared_data):
+    path = shared_data("bfcl", "BFCL_v3_multiple.json")
     test, train = BFCLEnv(data_path=path, split="test"), BFCLEnv(data_path=path, split="train")
     ids_test, ids_train = {r["id"] for r in test.records}, {r["id"] for r in train.records}
     assert not ids_test & ids_train and len(ids_test) + len(ids_train) == 200

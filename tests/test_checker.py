@@ -1,8 +1,7 @@
-"""The BFCL-style checker: one hand-written case (or more) per rule of CHECKER_RULES.md, and the schema converter."""
+"""The BFCL-style checker: one hand-written case (or more) per matching rule (see the checker's docstring), and the schema converter."""
 
 import copy
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -17,9 +16,6 @@ from pbsd_agents.envs.checker import (
     mode_for_category,
     normalize_string,
 )
-
-BFCL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl"
-
 
 def fn(name, properties, required=()):
     return {"name": name, "description": "", "parameters": {"type": "dict", "properties": properties, "required": list(required)}}
@@ -274,10 +270,9 @@ def test_schema_conversion_odd_inputs():
         bfcl_schema_to_json_schema(["not", "a", "schema"])
 
 
-@pytest.mark.skipif(not BFCL_DATA.is_dir(), reason=f"BFCL reference data not found at {BFCL_DATA}")
-def test_every_bfcl_schema_converts_to_valid_json_schema():
+def test_every_bfcl_schema_converts_to_valid_json_schema(shared_data):
     count = 0
-    for path in sorted(BFCL_DATA.glob("BFCL_*.json")):
+    for path in sorted(shared_data("bfcl").glob("BFCL_*.json")):
         for line in path.read_text().splitlines():
             for f in json.loads(line)["function"]:
                 jsonschema.Draft202012Validator.check_schema(bfcl_schema_to_json_schema(f["parameters"]))

@@ -4,7 +4,6 @@ import json
 import random
 import warnings
 from fractions import Fraction
-from pathlib import Path
 
 import gymnasium
 import pytest
@@ -13,14 +12,9 @@ from gymnasium.utils.env_checker import check_env
 import pbsd_agents  # noqa: F401  (registers the pbsd/ environments)
 from pbsd_agents.envs.answers import answers_match, calculator_oracle, last_boxed, parse_number, score_answer
 from pbsd_agents.envs.gsm8k import GSM8KEnv, annotations, rewrite_annotations, split_solution
-from pbsd_agents.envs.mathcalc import TEST_SIZE, MathCalcEnv
+from pbsd_agents.envs.mathcalc import SPLITS, TEST_SIZE, MathCalcEnv
 from pbsd_agents.tools.calculator import calculate
 from pbsd_agents.tools.parsers import parse_tool_calls
-
-DATA = Path(__file__).parents[1].parent / "shared/data"
-GSM8K_FILE = DATA / "gsm8k" / "train.jsonl"
-needs_gsm8k = pytest.mark.skipif(not GSM8K_FILE.is_file(), reason=f"GSM8K data not found at {GSM8K_FILE}")
-
 
 def replay(env, actions):
     """Step through ``actions``; return the last step's (reward, terminated, truncated, info) and the tool outputs."""
@@ -102,7 +96,7 @@ def test_mathcalc_splits_and_num_tasks():
     test = gymnasium.make("pbsd/MathCalc-v0", split="test").unwrapped
     assert train.num_tasks is None and test.num_tasks == TEST_SIZE == 200
     test_questions = {test.reset(options={"index": i})[0][1]["content"] for i in range(TEST_SIZE)}
-    assert len(test_questions) == TEST_SIZE and test_questions == MathCalcEnv.test_questions()
+    assert len(test_questions) == TEST_SIZE and test_questions == {json.loads(key) for key in SPLITS.test_keys()}
     train_questions = {train.draw(i)[1] for i in range(3000)}
     assert not train_questions & test_questions
     with pytest.raises(ValueError, match="199"):
@@ -134,20 +128,20 @@ def test_mathcalc_task_properties():
     for i in range(300):
         obs, info = env.reset(options={"index": i})
         task = env.task
-        assert isinstance(task.answer, int) and 0 < task.answer < 10_000
-        assert rf"\boxed{{{task.answer}}}" in info["privileged"] and "calculator(" in info["privileged"]
+        assert isinstance(task.gold, int) and 0 < task.gold < 10_000
+        assert rf"\boxed{{{task.gold}}}" in info["privileged"] and "calculator(" in info["privileged"]
         assert all(info["privileged"] not in m["content"] for m in obs)
         assert "Use the calculator tool" in obs[0]["content"] and len(obs[1]["content"]) < 400
         assert info["tools"][0]["function"]["name"] == "calculator"
         steps = env.draw(i)[2]
-        assert 2 <= len(steps) <= 4 and steps[-1][1] == task.answer
+        assert 2 <= len(steps) <= 4 and steps[-1][1] == task.gold
         assert all(calculate(e) == f"result = {v}" for e, v in steps)  # every division exact, every value integral
 
 
 def test_mathcalc_wrong_or_missing_answer_scores_zero():
     env = gymnasium.make("pbsd/MathCalc-v0")
     env.reset(seed=1)
-    answer = env.unwrapped.task.answer
+    answer = env.unwrapped.task.gold
     _, reward, terminated, _, info = env.step(rf"The answer is \boxed{{{answer + 1}}}.")
     assert (reward, terminated, info["success"]) == (0.0, True, False)
     env.reset(seed=1)
@@ -192,17 +186,19 @@ def small_file(tmp_path):
     return path
 
 
-def test_gsm8k_split_file(small_file):
+def test_gsm8k_holdout(small_file):
     train = GSM8KEnv(data_path=small_file)
     test = GSM8KEnv(data_path=small_file, split="test")
     assert (train.num_tasks, test.num_tasks) == (23, 2)  # records 10 and 20 are held out
     assert [r["question"] for r in test.records] == [RECORDS[9]["question"], RECORDS[19]["question"]]
-    assert GSM8KEnv(data_path=small_file, split="test", split_file=False).num_tasks == 25
+    assert GSM8KEnv(data_path=small_file, split="test", holdout_every=None).num_tasks == 25
+    assert GSM8KEnv(data_path=small_file, split="train", holdout_every=None).num_tasks == 25
     assert GSM8KEnv(data_path=small_file, split="test", holdout_every=5).num_tasks == 5
+    assert GSM8KEnv(data_path=small_file, split="test", holdout_every=1).num_tasks == 25
 
 
 def test_gsm8k_small_file_episode(small_file):
-    env = gymnasium.make("pbsd/GSM8K-v0", data_path=str(small_file), split_file=False)
+    env = gymnasium.make("pbsd/GSM8K-v0", data_path=str(small_file), holdout_every=None)
     obs, info = env.reset(options={"index": 7})
     assert obs[1]["content"] == RECORDS[7]["question"]
     assert info["privileged"] == "7 times 3 is 7*3 = 21.\nPlus 1000 is 21+1000 = $1021.\nAnswer: \\boxed{1021}"
@@ -224,21 +220,25 @@ def test_gsm8k_without_calculator(small_file):
 
 
 def test_gsm8k_bad_arguments(tmp_path, small_file):
-    with pytest.raises(ValueError, match="data_path"):
+    with pytest.raises(ValueError, match="needs data_path="):
         GSM8KEnv()
-    with pytest.raises(ValueError, match="no_such_file.jsonl"):
+    with pytest.raises(ValueError, match=r"no_such_file\.jsonl' is neither an existing file or folder .*; pass data_path= "):
         GSM8KEnv(data_path=tmp_path / "no_such_file.jsonl")
+    with pytest.raises(ValueError, match="is a folder"):
+        GSM8KEnv(data_path=tmp_path)
     with pytest.raises(ValueError, match="'dev'"):
         GSM8KEnv(data_path=small_file, split="dev")
     with pytest.raises(ValueError, match="use_calculator"):
         GSM8KEnv(data_path=small_file, use_calculator="yes")
-    with pytest.raises(ValueError, match="split_file"):
-        GSM8KEnv(data_path=small_file, split_file="auto")
-    with pytest.raises(ValueError, match="holdout_every"):
+    with pytest.raises(ValueError, match="holdout_every must be a positive int or None"):
+        GSM8KEnv(data_path=small_file, holdout_every="auto")
+    with pytest.raises(ValueError, match="holdout_every must be a positive int or None"):
+        GSM8KEnv(data_path=small_file, holdout_every=0)
+    with pytest.raises(ValueError, match="no records for split 'train'"):
         GSM8KEnv(data_path=small_file, holdout_every=1)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps({"question": "q", "answer": "no final line"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*####"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, record 2: .*####"):
         GSM8KEnv(data_path=bad)
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
@@ -249,7 +249,7 @@ def test_gsm8k_hub_name_needs_datasets():
     try:
         import datasets  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match="pip install datasets"):
+        with pytest.raises(ValueError, match=r"^data_path 'openai/gsm8k' .*needs datasets \(pip install datasets\); pass data_path= "):
             GSM8KEnv(data_path="openai/gsm8k")
     else:
         pytest.skip("datasets is installed; loading from the Hub needs the network")
@@ -271,10 +271,9 @@ def test_annotation_rewriting():
 
 
 @pytest.fixture(scope="module")
-def gsm8k_envs():
-    if not GSM8K_FILE.is_file():
-        pytest.skip(f"GSM8K data not found at {GSM8K_FILE}")
-    return {split: gymnasium.make("pbsd/GSM8K-v0", data_path=str(GSM8K_FILE), split=split) for split in ("train", "test")}
+def gsm8k_envs(shared_data):
+    path = shared_data("gsm8k", "train.jsonl")
+    return {split: gymnasium.make("pbsd/GSM8K-v0", data_path=str(path), split=split) for split in ("train", "test")}
 
 
 def _gold_scores(env, indices):
@@ -286,7 +285,6 @@ def _gold_scores(env, indices):
         assert (reward, terminated, info["success"]) == (1.0, True, True), (i, gold)
 
 
-@needs_gsm8k
 def test_gsm8k_split_sizes(gsm8k_envs):
     train, test = gsm8k_envs["train"].unwrapped, gsm8k_envs["test"].unwrapped
     assert (train.num_tasks, test.num_tasks) == (6726, 747)
@@ -294,14 +292,12 @@ def test_gsm8k_split_sizes(gsm8k_envs):
     assert not any(r["question"] in train_q for r in test.records)
 
 
-@needs_gsm8k
 def test_gsm8k_check_env(gsm8k_envs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(gsm8k_envs["test"].unwrapped)
 
 
-@needs_gsm8k
 def test_gsm8k_gold_answers_score_one_sample(gsm8k_envs):
     rng = random.Random(0)
     for split, n in (("train", 250), ("test", 50)):
@@ -309,14 +305,12 @@ def test_gsm8k_gold_answers_score_one_sample(gsm8k_envs):
         _gold_scores(env, rng.sample(range(env.unwrapped.num_tasks), n))
 
 
-@needs_gsm8k
 @pytest.mark.slow
 def test_gsm8k_gold_answers_score_one_all(gsm8k_envs):
     for env in gsm8k_envs.values():
         _gold_scores(env, range(env.unwrapped.num_tasks))
 
 
-@needs_gsm8k
 def test_gsm8k_oracle_replay_with_calculator(gsm8k_envs):
     env = gsm8k_envs["train"]
     for i in random.Random(1).sample(range(env.unwrapped.num_tasks), 100):

@@ -25,6 +25,26 @@ def test_recipe_is_a_valid_train_config(path):
     TrainConfig.from_dict(yaml.safe_load(path.read_text())).validate()
 
 
+# The data a recipe needs comes from the user (`--env-arg KEY=PATH`), never from the recipe itself.
+RECIPE_DATA = {"bfcl": ("data_path", "bfcl", "BFCL_v3_simple.json"), "gsm8k": ("data_path", "gsm8k", "train.jsonl"),
+               "tau_retail": ("data_dir", "tau_bench", "retail")}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_envs_build_with_the_users_data(path, shared_data):
+    from pbsd_agents.envs.registry import make_env
+
+    recipe = yaml.safe_load(path.read_text())
+    train_kwargs = dict(recipe.get("env_kwargs", {}))
+    if path.stem in RECIPE_DATA:
+        key, *parts = RECIPE_DATA[path.stem]
+        assert key not in train_kwargs and f"--env-arg {key}=" in path.read_text()
+        train_kwargs[key] = str(shared_data(*parts))
+    eval_kwargs = {**train_kwargs, "split": "test", **recipe.get("eval_env_kwargs", {})}
+    for kwargs in (train_kwargs, eval_kwargs):
+        make_env(recipe["env"], **kwargs).close()
+
+
 @pytest.mark.slow
 def test_compare_methods_quick(tmp_path):
     from pbsd_agents.presets import resolve_model

@@ -1,13 +1,12 @@
 """Tests of the retail environments: pbsd/Retail-v0 (procedural) and pbsd/TauRetail-v0 (tau-bench data).
 
-The tau-bench data is read from ``<repo root>/../shared/data/tau_bench/retail`` and never copied into
-the repository; the TauRetail tests skip when it is absent.
+The tau-bench data comes from the reference-data folder (the ``shared_data`` fixture) and is never
+copied into the repository; the TauRetail tests skip when it is absent.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 
 import gymnasium as gym
@@ -15,16 +14,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import pbsd_agents.envs  # noqa: F401  (registers the pbsd/ ids)
-from pbsd_agents.envs.retail import TEST_SIZE, RetailEnv, _fingerprint, _generate, _test_fingerprints
+from pbsd_agents.envs.retail import SPLITS, TEST_SIZE, RetailEnv, _generate
 from pbsd_agents.envs.tau_retail import RetailDB, TauRetailEnv, load_database, safe_arithmetic
 from pbsd_agents.tools.parsers import format_tool_call
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TAU_DIR = os.path.join(REPO, "..", "shared", "data", "tau_bench", "retail")
-needs_tau = pytest.mark.skipif(
-    not os.path.isfile(os.path.join(TAU_DIR, "tasks_train.json")),
-    reason=f"tau-bench retail data not found at {os.path.normpath(TAU_DIR)} (shared data, not part of the repo)",
-)
 
 
 def run_oracle(env) -> tuple[float, dict]:
@@ -88,7 +81,7 @@ def test_retail_reference_calls_are_dependent():
     lengths = set()
     for i in range(TEST_SIZE):
         env.reset(options={"index": i})
-        calls = env.task.answer["calls"]
+        calls = env.task.gold["calls"]
         lengths.add(len(calls))
         assert 2 <= len(calls) <= 5
         seen = ""  # every tool result so far: each id a call uses must have been shown, quoted
@@ -105,7 +98,7 @@ def test_retail_wrong_actions_score_zero():
     checked = 0
     for i in range(TEST_SIZE):
         env.reset(options={"index": i})
-        calls = env.task.answer["calls"]
+        calls = env.task.gold["calls"]
         oracle = env.oracle_actions()
         # Skipping the last (changing) call leaves the database unchanged: 0.
         assert run_turns(env, oracle[:-2] + [oracle[-1]])[0] == 0.0
@@ -132,10 +125,10 @@ def test_retail_extra_change_scores_zero():
     env = make_retail(split="test")
     for i in range(TEST_SIZE):
         env.reset(options={"index": i})
-        if env.task.answer["calls"][-1][0] == "update_address":
+        if env.task.gold["calls"][-1][0] == "update_address":
             break
     oracle = env.oracle_actions()
-    uid = env.task.answer["calls"][-1][1]["user_id"]
+    uid = env.task.gold["calls"][-1][1]["user_id"]
     pending = [o for o, r in env.world.db["orders"].items() if r["status"] == "pending"]
     extra = call(env, "cancel_order", order_id=pending[0])
     assert run_turns(env, oracle[:-1] + [extra, oracle[-1]])[0] == 0.0, uid
@@ -159,7 +152,7 @@ def test_retail_bad_calls_return_errors_and_episode_goes_on():
         obs, reward, terminated, truncated, info = env.step(turn)
         assert not terminated and not truncated and reward == 0.0
         assert obs and obs[0]["content"].startswith("error"), obs
-    before = json.dumps(env.task.answer["db"], sort_keys=True)
+    before = json.dumps(env.task.gold["db"], sort_keys=True)
     assert json.dumps(env.world.db, sort_keys=True) == before  # failed calls change nothing
     # ...and the task can still be solved in the same episode.
     assert run_turns(env, env.oracle_actions())[0] == 1.0
@@ -169,9 +162,9 @@ def test_retail_exchange_rules():
     env = make_retail(split="test")
     for i in range(TEST_SIZE):
         env.reset(options={"index": i})
-        if env.task.answer["calls"][-1][0] == "exchange_item":
+        if env.task.gold["calls"][-1][0] == "exchange_item":
             break
-    args = env.task.answer["calls"][-1][1]
+    args = env.task.gold["calls"][-1][1]
     world = env.world
     item = next(it for it in world.db["orders"][args["order_id"]]["items"] if it["item_id"] == args["item_id"])
     other_product = next(p for p in world.db["products"] if p != item["product_id"])
@@ -188,20 +181,20 @@ def test_retail_deterministic():
     for seed in (0, 1, 123):
         oa, ia = a.reset(seed=seed)
         ob, ib = b.reset(seed=seed)
-        assert oa == ob and ia == ib and a.task.answer == b.task.answer
+        assert oa == ob and ia == ib and a.task.gold == b.task.gold
     assert make_retail(split="test").reset(options={"index": 7}) == make_retail(split="test").reset(options={"index": 7})
     tasks = {make_retail().reset(seed=s)[0][1]["content"] for s in range(20)}
     assert len(tasks) == 20
 
 
 def test_retail_train_and_test_disjoint():
-    test = _test_fingerprints()
+    test = SPLITS.test_keys()
     assert len(test) == TEST_SIZE
     env = make_retail(split="train")
     for i in range(300):
         env.reset(options={"index": i})
-        calls = env.task.answer["calls"]
-        assert _fingerprint(env.task.messages[1]["content"], calls) not in test
+        calls = env.task.gold["calls"]
+        assert SPLITS.fingerprint((None, env.task.messages[1]["content"], calls)) not in test
     # The split name salts the generator: index i of train is not index i of test.
     assert _generate("train", 0)[1] != _generate("test", 0)[1]
 
@@ -226,20 +219,27 @@ def test_retail_truncates_at_max_turns():
 # ---- TauRetail-v0 -------------------------------------------------------------------------------
 
 
-def make_tau(split="train", **kwargs) -> TauRetailEnv:
-    return gym.make("pbsd/TauRetail-v0", data_dir=TAU_DIR, split=split, **kwargs).unwrapped
+@pytest.fixture
+def tau_dir(shared_data) -> str:
+    return str(shared_data("tau_bench", "retail", "tasks_train.json").parent)
 
 
-@needs_tau
-def test_tau_check_env_no_warnings():
+@pytest.fixture
+def make_tau(tau_dir):
+    def make(split="train", **kwargs) -> TauRetailEnv:
+        return gym.make("pbsd/TauRetail-v0", data_dir=tau_dir, split=split, **kwargs).unwrapped
+
+    return make
+
+
+def test_tau_check_env_no_warnings(make_tau):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(make_tau("dev"))
 
 
-@needs_tau
 @pytest.mark.parametrize("split", ["train", "dev"])
-def test_tau_oracle_solves_every_task(split):
+def test_tau_oracle_solves_every_task(split, make_tau):
     env = make_tau(split)
     for i in range(env.num_tasks):
         obs, info = env.reset(options={"index": i})
@@ -247,18 +247,16 @@ def test_tau_oracle_solves_every_task(split):
         assert run_oracle(env)[0] == 1.0, i
 
 
-@needs_tau
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "python"])
-def test_tau_oracle_solves_every_train_task_in_other_formats(fmt):
+def test_tau_oracle_solves_every_train_task_in_other_formats(fmt, make_tau):
     env = make_tau("train", tool_format=fmt)
     for i in range(env.num_tasks):
         env.reset(options={"index": i})
         assert run_oracle(env)[0] == 1.0, i
 
 
-@needs_tau
-def test_tau_known_gold_failures_are_gift_card_shortfalls():
+def test_tau_known_gold_failures_are_gift_card_shortfalls(make_tau):
     """Some synthetic train tasks pay with a gift card that lacks the balance (the policy forbids it)."""
     env = make_tau("train")
     failing = {i: env.gold_errors(i) for i in range(env.num_tasks)}
@@ -277,8 +275,7 @@ def _first_task(env, name: str, where=lambda i: True) -> int:
     raise AssertionError(f"no task with a {name} action")
 
 
-@needs_tau
-def test_tau_wrong_actions_score_zero():
+def test_tau_wrong_actions_score_zero(make_tau, tau_dir):
     env = make_tau("train")
     for name in ("cancel_pending_order", "return_delivered_order_items", "modify_pending_order_items",
                  "exchange_delivered_order_items", "modify_pending_order_address", "modify_pending_order_payment"):
@@ -290,7 +287,7 @@ def test_tau_wrong_actions_score_zero():
         assert reward == 0.0 and info["database_match"] is False, (name, i)
     # A different item returned: 0.
     i = _first_task(env, "return_delivered_order_items",
-                    lambda i: len(env.tasks[i]["actions"]) == 1 and len(load_database(TAU_DIR)["orders"][env.tasks[i]["actions"][-1]["kwargs"]["order_id"]]["items"])
+                    lambda i: len(env.tasks[i]["actions"]) == 1 and len(load_database(tau_dir)["orders"][env.tasks[i]["actions"][-1]["kwargs"]["order_id"]]["items"])
                     > len(env.tasks[i]["actions"][-1]["kwargs"]["item_ids"]))
     env.reset(options={"index": i})
     kwargs = dict(env.tasks[i]["actions"][-1]["kwargs"])
@@ -308,21 +305,19 @@ def test_tau_wrong_actions_score_zero():
     assert run_turns(env, oracle[:-2] + [call(env, "cancel_pending_order", **kwargs), oracle[-1]])[0] == 0.0
 
 
-@needs_tau
-def test_tau_outputs_must_be_said():
+def test_tau_outputs_must_be_said(make_tau):
     env = make_tau("dev")
     env.reset(options={"index": 0})
-    env.task.answer["outputs"] = ["1093.34"]
+    env.task.gold["outputs"] = ["1093.34"]
     oracle = env.oracle_actions()
     reward, info, _ = run_turns(env, oracle[:-1] + ["All done."])
     assert reward == 0.0 and info["database_match"] and info["missing_outputs"] == ["1093.34"]
     env.reset(options={"index": 0})
-    env.task.answer["outputs"] = ["1093.34"]
+    env.task.gold["outputs"] = ["1093.34"]
     assert run_turns(env, oracle[:-1] + ["The total is 1,093.34."])[0] == 1.0
 
 
-@needs_tau
-def test_tau_bad_calls_return_errors_and_episode_goes_on():
+def test_tau_bad_calls_return_errors_and_episode_goes_on(make_tau):
     env = make_tau("dev")
     env.reset(options={"index": 0})
     base = env.base_db
@@ -348,8 +343,7 @@ def test_tau_bad_calls_return_errors_and_episode_goes_on():
     assert run_turns(env, env.oracle_actions())[0] == 1.0
 
 
-@needs_tau
-def test_tau_episodes_do_not_leak_state():
+def test_tau_episodes_do_not_leak_state(make_tau):
     env = make_tau("train")
     i = _first_task(env, "cancel_pending_order")
     order_id = env.tasks[i]["actions"][-1]["kwargs"]["order_id"]
@@ -362,9 +356,8 @@ def test_tau_episodes_do_not_leak_state():
     assert run_oracle(env)[0] == 1.0
 
 
-@needs_tau
-def test_tau_gift_card_and_payment_bookkeeping():
-    base = load_database(TAU_DIR)
+def test_tau_gift_card_and_payment_bookkeeping(tau_dir):
+    base = load_database(tau_dir)
     db = RetailDB(base)
     # A pending order paid once, whose user has a gift card with room to pay it.
     for oid, order in base["orders"].items():
@@ -403,8 +396,7 @@ def test_tau_constructor_errors(tmp_path):
     assert TauRetailEnv.splits == ("train", "dev", "test")
 
 
-@needs_tau
-def test_tau_same_state_agrees_with_full_comparison():
+def test_tau_same_state_agrees_with_full_comparison(make_tau):
     env = make_tau("train")
     for i in range(0, env.num_tasks, 25):
         env.reset(options={"index": i})

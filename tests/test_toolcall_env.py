@@ -7,8 +7,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import pbsd_agents  # noqa: F401  (registers the environments)
-from pbsd_agents.envs import toolcall
-from pbsd_agents.envs.toolcall import CATALOG, ToolCallEnv, _fingerprint
+from pbsd_agents.envs import Transcript, toolcall
+from pbsd_agents.envs.data import DisjointSplits
+from pbsd_agents.envs.toolcall import CATALOG, ToolCallEnv
 from pbsd_agents.tools.parsers import ParsedCall, format_tool_calls, parse_tool_calls
 
 
@@ -92,7 +93,7 @@ def test_variants_and_their_shape():
             _, info = env.reset(options={"index": i})
             assert info["variant"] == variant
             assert len(info["tools"]) in n_tools
-            assert len(env.unwrapped.task.answer["gold"]) in n_calls
+            assert len(env.unwrapped.task.gold) in n_calls
     env = make(variants="parallel")
     assert env.unwrapped.variants == ("parallel",)
 
@@ -114,21 +115,34 @@ def test_bad_arguments():
 def test_splits_sizes_and_disjointness():
     test_env, train_env = ToolCallEnv(split="test"), ToolCallEnv(split="train")
     assert test_env.num_tasks == 200 and train_env.num_tasks is None
-    test_fps = test_env._test_set()
+    assert test_env.splits is train_env.splits  # one setting, one set of test keys
+    test_fps = test_env.splits.test_keys()
     assert len(test_fps) > 190  # the test tasks are (almost all) distinct
     for i in range(2000):
         task = train_env.make_task(i * 7919)
-        assert _fingerprint(task.messages[1]["content"], task.answer["gold"]) not in test_fps
+        assert train_env.splits.fingerprint((task.messages[1]["content"], task.gold)) not in test_fps
 
 
 def test_train_draw_that_equals_a_test_task_is_redrawn(monkeypatch):
     env = ToolCallEnv(split="train")
-    request, gold, *_ = env._draw("train", 5, 0)
-    monkeypatch.setattr(env, "_test_set", lambda: frozenset({_fingerprint(request, gold)}))
+    real = env.splits.draw
+
+    def draw(split, index, attempt):  # the only test task is train draw (5, 0)
+        return real("train", 5, 0) if split == "test" else real(split, index, attempt)
+
+    monkeypatch.setattr(env, "splits", DisjointSplits(draw, env.splits.key, test_size=1))
+    request, gold, *_ = real("train", 5, 0)
     task = env.make_task(5)
-    assert task.messages[1]["content"] != request or task.answer["gold"] != gold
-    redrawn, gold1, *_ = env._draw("train", 5, 1)
-    assert (task.messages[1]["content"], task.answer["gold"]) == (redrawn, gold1)
+    assert task.messages[1]["content"] != request or task.gold != gold
+    redrawn, gold1, *_ = real("train", 5, 1)
+    assert (task.messages[1]["content"], task.gold) == (redrawn, gold1)
+
+
+def test_disjoint_splits_with_distinct_test_tasks():
+    splits = DisjointSplits(lambda split, i, attempt: (i // 2 + attempt) if split == "test" else i + attempt,
+                            key=lambda task: task, test_size=3, distinct_test=True)
+    assert [splits.task("test", i) for i in range(3)] == [0, 1, 2]  # test draws 0,0,1,1,2: repeats skipped
+    assert [splits.task("train", i) for i in range(5)] == [3, 3, 3, 3, 4]
 
 
 def test_seeds_are_deterministic():
@@ -146,7 +160,7 @@ def test_seeds_are_deterministic():
 def test_failures_report_error_type():
     env = make(split="test", variants=("multiple",))
     env.reset(options={"index": 0})
-    gold = env.unwrapped.task.answer["gold"][0]
+    gold = env.unwrapped.task.gold[0]
     wrong = next(t["function"]["name"] for t in env.unwrapped.toolbox.schemas() if t["function"]["name"] not in gold)
     cases = {
         "I cannot help.": "no_call",
@@ -166,7 +180,7 @@ def test_optional_arguments_may_be_omitted_or_default_and_ints_are_numbers():
     schema_by_name = {name: params for name, _, params, _ in CATALOG}
     for i in range(60):
         env.reset(options={"index": i})
-        ((name, params),) = env.task.answer["gold"][0].items()
+        ((name, params),) = env.task.gold[0].items()
         call = parse_tool_calls(env.oracle_actions()[0])[0]
         args = dict(call.arguments)
         for p, spec in schema_by_name[name]["properties"].items():
@@ -174,8 +188,37 @@ def test_optional_arguments_may_be_omitted_or_default_and_ints_are_numbers():
                 args[p] = spec["default"]  # spelling out a default is fine
             if spec.get("type") == "number" and p in args and float(args[p]).is_integer():
                 args[p] = int(args[p])  # 250 where 250.0 is expected
-        reward, info = env.score("", [ParsedCall(name, args, (0, 0))])
+        reward, info = env.score(Transcript([], "", [ParsedCall(name, args, (0, 0))], []))
         assert reward == 1.0, (args, info)
+
+
+def test_score_hook_gets_the_episode_and_must_return_reward_and_info():
+    seen = []
+
+    class Spy(ToolCallEnv):
+        def score(self, transcript):
+            seen.append(transcript)
+            return super().score(transcript)
+
+    env = Spy(split="test", tool_format="hermes")
+    obs, info = env.reset(options={"index": 0})
+    assert info["tool_format"] == "hermes" and info["variant"] in toolcall.VARIANTS
+    action = env.oracle_actions()[0] + "\n<tool_call>{bad json}</tool_call>"
+    _, reward, *_, step_info = env.step(action)
+    (t,) = seen
+    assert t.messages == obs + [{"role": "assistant", "content": action}] and t.final_text == action
+    assert t.calls == [r for r in parse_tool_calls(action) if isinstance(r, ParsedCall)] and len(t.calls) >= 1
+    assert [e.message[:12] for e in t.parse_errors] == ["invalid JSON"]
+    assert (reward, step_info["error_type"]) == (0.0, "parse_error")
+
+    class Broken(ToolCallEnv):
+        def score(self, transcript):
+            return 0.5
+
+    env = Broken(split="test")
+    env.reset(options={"index": 0})
+    with pytest.raises(TypeError, match=r"^Broken\.score\(\) must return \(reward, info\), got 0\.5$"):
+        env.step("no call")
 
 
 def test_tools_acknowledge():

@@ -143,6 +143,20 @@ class Tool:
         return text[:keep] + f"... [truncated {len(text) - keep} chars]"[: self.max_output_chars - keep]
 
 
+def acknowledge(name: str) -> Callable[..., str]:
+    """A tool function that only acknowledges (``"<name>: done"``), for envs that score calls, not their results.
+
+    Example:
+        >>> acknowledge("book_flight")(origin="Oslo")
+        'book_flight: done'
+    """
+
+    def fn(**_: Any) -> str:
+        return f"{name}: done"
+
+    return fn
+
+
 def render_output(value: Any) -> str:
     """Render a tool's return value as text: strings as is, everything else as compact JSON."""
     if isinstance(value, str):

@@ -13,8 +13,8 @@ holds only guarded versions of those operators and whose name table is empty. Li
 - ``RecursionError``/``MemoryError`` from deep nesting are caught and reported.
 
 Results print as ``result = <value>``: a bare number on its own line tokenizes differently from the
-same number inside an answer (see DESIGN.md, Pitfalls). Integers, and floats that are integral,
-print as integers; other floats with up to 10 significant digits. Failures print ``error: ...``.
+same number inside an answer, and after ``= `` it tokenizes the same. Integers, and floats that are
+integral, print as integers; other floats with up to 10 significant digits. Failures print ``error: ...``.
 """
 
 from __future__ import annotations

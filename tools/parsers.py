@@ -27,6 +27,13 @@ FORMATS = ("hermes", "json", "python")
 MAX_CALL_CHARS = 20_000  # a single call longer than this is refused unread (cheap on huge inputs)
 MAX_CALLS = 64  # call attempts read from one turn; the rest become one error (bounds tool work and obs size)
 
+# How to write a call, one sentence per format: the envs end their system prompts with it.
+FORMAT_HINTS = {
+    "hermes": 'Write each call as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.',
+    "json": 'Write the call as JSON {"name": ..., "arguments": {...}}, or a JSON list of them for several calls.',
+    "python": "Write the calls as a Python list: [func(arg=value), ...].",
+}
+
 
 @dataclass(frozen=True)
 class ParsedCall:
@@ -45,6 +52,22 @@ class ParseError:
     span: tuple[int, int]
 
 
+def format_hint(fmt: str) -> str:
+    """One sentence telling the model how to write calls in format ``fmt`` (from :data:`FORMAT_HINTS`).
+
+    Example:
+        >>> format_hint("python")
+        'Write the calls as a Python list: [func(arg=value), ...].'
+    """
+    _check_format(fmt)
+    return FORMAT_HINTS[fmt]
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown tool-call format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+
+
 def parse_tool_calls(text: str, fmt: str = "hermes") -> list[ParsedCall | ParseError]:
     """Parse every tool call in ``text`` written in format ``fmt``.
 
@@ -58,8 +81,7 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[ParsedCall | ParseE
         >>> parse_tool_calls('add(a=1, b="x")', fmt="python")
         [ParsedCall(name='add', arguments={'a': 1, 'b': 'x'}, span=(0, 15))]
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown tool-call format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    _check_format(fmt)
     results = _PARSERS[fmt](text)
     if len(results) > MAX_CALLS:
         rest = (results[MAX_CALLS].span[0], max(r.span[1] for r in results[MAX_CALLS:]))
@@ -79,13 +101,12 @@ def format_tool_call(name: str, arguments: dict, fmt: str = "hermes") -> str:
         >>> format_tool_call("add", {"a": 1, "b": "x"}, fmt="python")
         "add(a=1, b='x')"
     """
+    _check_format(fmt)
     if fmt == "hermes":
         return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "\n</tool_call>"
     if fmt == "json":
         return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-    if fmt == "python":
-        return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
-    raise ValueError(f"unknown tool-call format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
 
 
 def format_tool_calls(calls: list[tuple[str, dict]], fmt: str = "hermes") -> str:

@@ -4,9 +4,10 @@
 
 Steps, all seeded:
 1. A corpus of conversations from the procedural environments (ToolCall, MathCalc, Retail): student
-   and teacher views with the oracle's assistant turns and the real tool results.
+   and teacher views with the oracle's assistant turns and the real tool results
+   (:func:`pbsd_agents.episode.play_oracle`).
 2. A byte-level BPE tokenizer trained on that corpus with ``tokenizers``. Digits are split one by
-   one, so a number tokenizes the same in a tool result and in an answer (DESIGN.md pitfall).
+   one, so a number tokenizes the same in a tool result and in an answer.
 3. A chat template with tools: compact tool signatures in the system turn, Hermes-style
    ``<tool_call>`` calls, ``tool`` turns for results.
 4. A small Qwen2 model (~1-2 M parameters). One attention head of the first layer starts as a
@@ -71,22 +72,24 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<tool_call>", "</tool_call>"]
 
 
-def corpus_episodes(env_id: str, n: int, seed: int):
-    """(student messages, teacher messages, tools, [(assistant text, observation messages)]) per task."""
-    import gymnasium
+def corpus_episodes(env_id: str, n: int, seed: int) -> list:
+    """The oracle's conversations (both views) on ``n`` tasks of ``env_id`` drawn by seeded resets."""
+    from pbsd_agents.envs.registry import make_env
+    from pbsd_agents.episode import play_oracle
 
-    env = gymnasium.make(env_id)
+    env = make_env(env_id)
     rng = random.Random(seed)
-    for _ in range(n):
-        obs, info = env.reset(seed=rng.randrange(2**31))
-        teacher = env.unwrapped.teacher_messages(obs, info["privileged"])
-        turns = []
-        for action in env.unwrapped.oracle_actions():
-            new, reward, term, trunc, step_info = env.step(action)
-            turns.append((action, new))
-            if term or trunc:
-                break
-        yield obs, teacher, info["tools"], turns
+    return [play_oracle(env, seed=rng.randrange(2**31)).conversation for _ in range(n)]
+
+
+def corpus_text(messages: list[dict]) -> str:
+    """The messages' contents, one per line; an assistant turn the env did not answer is followed by an empty line."""
+    parts = []
+    for k, m in enumerate(messages):
+        parts.append(m["content"])
+        if m["role"] == "assistant" and (k + 1 == len(messages) or messages[k + 1]["role"] == "assistant"):
+            parts.append("")
+    return "\n".join(parts)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -170,24 +173,6 @@ def nll_step(model, opt, sched, views, pad_id: int):
     return out, loss
 
 
-def render_demo(renderer, messages, tools, turns) -> tuple[list[int], list[int]]:
-    """ids + action mask of one demonstration, built the way the collector builds trajectories."""
-    ids = renderer.prompt_ids(messages, tools)
-    mask = [0] * len(ids)
-    conv = list(messages)
-    for k, (action, new) in enumerate(turns):
-        a = renderer.encode(action) + [renderer.eot_id]
-        ids += a
-        mask += [1] * len(a)
-        conv = conv + [{"role": "assistant", "content": action}]
-        if new:
-            o = renderer.observation_ids(conv, new, tools)
-            ids += o
-            mask += [0] * len(o)
-            conv = conv + new
-    return ids, mask
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT)
@@ -221,13 +206,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     episodes = []
     for k, env_id in enumerate(ENVS):
-        episodes += [(env_id, *e) for e in corpus_episodes(env_id, args.tasks_per_env, args.seed * 100 + k)]
+        episodes += [(env_id, c) for c in corpus_episodes(env_id, args.tasks_per_env, args.seed * 100 + k)]
     print(f"corpus: {len(episodes)} episodes ({time.time() - t0:.0f}s)", flush=True)
 
-    texts = []
-    for _, student, teacher, tools, turns in episodes[:: max(1, len(episodes) // 3000)]:
-        for msgs in (student, teacher):
-            texts.append("\n".join(m["content"] for m in msgs) + "\n" + "\n".join(a + "\n" + "\n".join(o["content"] for o in new) for a, new in turns))
+    texts = [corpus_text(msgs) for _, conv in episodes[:: max(1, len(episodes) // 3000)]
+             for msgs in (conv.student_messages, conv.teacher_messages)]
     if args.init:
         from transformers import AutoTokenizer
 
@@ -239,10 +222,10 @@ def main(argv=None) -> int:
 
     rng = random.Random(args.seed)
     data = []
-    for env_id, student, teacher, tools, turns in episodes:
+    for env_id, conv in episodes:
         frac = STUDENT_FRAC[env_id] if args.student_frac is None else args.student_frac
-        view = student if rng.random() < frac else teacher
-        data.append(render_demo(renderer, view, tools, turns))
+        view = "student" if rng.random() < frac else "teacher"
+        data.append(renderer.render_conversation(conv.messages(view), conv.tools, tool_format=conv.tool_format))
     lengths = [len(ids) for ids, _ in data]
     print(f"demos: {len(data)}, mean length {sum(lengths) / len(lengths):.0f} tokens, max {max(lengths)}", flush=True)
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Write a tiny randomly initialised Qwen2 chat model folder, so `--model <dir>` works with no download.
 
-    python scripts/make_tiny_model.py OUT_DIR [--tokenizer PATH] [--hidden 64] [--layers 2] [--mean-turn 24]
+    python scripts/make_tiny_model.py OUT_DIR --tokenizer PATH [--hidden 64] [--layers 2] [--mean-turn 24]
 
-The tokenizer (and its tool-calling chat template) comes from PATH, by default the Qwen2.5 files in
-the project's shared data folder (``../shared/data/tokenizers/qwen2.5-instruct``); its eos is set to
-the template's end-of-turn token, as in an Instruct model. The weights are random (seeded), with one
-tweak: the end-of-turn token is made likely enough that a sampled turn lasts about ``--mean-turn``
-tokens (see ``pbsd_agents.loading.build_tiny_model``); 0 turns the tweak off.
+The tokenizer (and its tool-calling chat template) comes from PATH, a tokenizer folder such as
+Qwen2.5-Instruct's; its eos is set to the template's end-of-turn token, as in an Instruct model.
+The weights are random (seeded), with one tweak: the end-of-turn token is made likely enough that
+a sampled turn lasts about ``--mean-turn`` tokens (see ``pbsd_agents.loading.build_tiny_model``);
+0 turns the tweak off.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers" / "qwen2.5-instruct"
 
-
-def make_tiny_model(out: str | Path, tokenizer: str | Path = DEFAULT_TOKENIZER, *, hidden: int = 64, layers: int = 2,
+def make_tiny_model(out: str | Path, tokenizer: str | Path, *, hidden: int = 64, layers: int = 2,
                     mean_turn: float = 24.0, seed: int = 0) -> Path:
     from transformers import AutoTokenizer
 
@@ -32,7 +30,7 @@ def make_tiny_model(out: str | Path, tokenizer: str | Path = DEFAULT_TOKENIZER, 
     tok.eos_token = renderer.eot_token  # an Instruct model ends its turns with the template's end-of-turn token
     model = build_tiny_model(tok, hidden_size=hidden, num_layers=layers, seed=seed,
                              eot_mean_length=mean_turn or None, eot_token=renderer.eot_token)
-    model.generation_config.eos_token_id = list(ChatRenderer(tok).stop_ids)
+    model.generation_config.eos_token_id = list(ChatRenderer(tok).stop_ids)  # rebuilt: eos changed above
     model.generation_config.pad_token_id = tok.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -43,14 +41,14 @@ def make_tiny_model(out: str | Path, tokenizer: str | Path = DEFAULT_TOKENIZER, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="folder to write (created)")
-    p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer folder with a chat template (default: %(default)s)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder with a chat template (e.g. Qwen2.5-Instruct's)")
     p.add_argument("--hidden", type=int, default=64, help="hidden size (default: %(default)s)")
     p.add_argument("--layers", type=int, default=2, help="transformer layers (default: %(default)s)")
     p.add_argument("--mean-turn", type=float, default=24.0, help="about how many tokens a sampled turn lasts; 0 = untouched random model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not Path(args.tokenizer).exists():
-        print(f"error: tokenizer folder {args.tokenizer} not found (pass --tokenizer)", file=sys.stderr)
+        print(f"error: tokenizer folder {args.tokenizer} not found", file=sys.stderr)
         return 2
     out = make_tiny_model(args.out, args.tokenizer, hidden=args.hidden, layers=args.layers, mean_turn=args.mean_turn, seed=args.seed)
     n = sum(f.stat().st_size for f in out.iterdir())

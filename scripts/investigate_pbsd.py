@@ -53,7 +53,7 @@ def measure(env: str, batches: int, seed: int, clip: float) -> dict:
     cfg = TrainConfig(algo="pbsd", env=env, seed=seed, device="cpu", progress=False,
                       out=tempfile.mkdtemp(prefix="investigate-"))
     tr = Trainer(cfg)
-    tr._setup()
+    tr.setup()
     beta, pad = tr.algorithm.config.beta, tr.algorithm.pad_id
     params = [p for p in tr.policy.model.parameters() if p.requires_grad]
     rows, sum_pos, sum_neg = [], None, None
@@ -61,6 +61,8 @@ def measure(env: str, batches: int, seed: int, clip: float) -> dict:
         batch = tr.collect_batch(b)  # the batch the trainer's step b would train on
         pairs = [(p, n) for p, n in tr.algorithm.pairs(batch) if p.num_action_tokens and n.num_action_tokens]
         pos, neg = [p for p, _ in pairs], [n for _, n in pairs]
+        # By hand, as PBSD.loss computes it, because the loss keeps h(y+), h(y-) to itself: here the
+        # student log-probs of each side must stay apart, with their graph, to split the gradient.
         with torch.no_grad(), tr.policy.teacher() as teacher_model:
             t_pos, _ = sequence_logprobs(teacher_model, [t.teacher_view() for t in pos], pad)
             t_neg, _ = sequence_logprobs(teacher_model, [t.teacher_view() for t in neg], pad)
@@ -107,6 +109,8 @@ def run_curves(runs_dir: Path, envs: list[str], png: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pbsd_agents.plotting import read_jsonl
+
     keys = ("h_pos", "h_neg", "logp_pos", "logp_neg", "pair_accuracy")
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.4), squeeze=False)
     lines = []
@@ -115,7 +119,7 @@ def run_curves(runs_dir: Path, envs: list[str], png: Path) -> list[str]:
         runs = sorted(runs_dir.glob(f"{name}__PBSD__s*/metrics.jsonl"))
         if not runs:
             continue
-        series = [[json.loads(x) for x in f.read_text().splitlines() if x.strip()] for f in runs]
+        series = [read_jsonl(f) for f in runs]
         n = min(len(s) for s in series)
         curve = {k: [statistics.mean(s[i][k] for s in series) for i in range(n)] for k in keys}
         steps = list(range(1, n + 1))

@@ -1,15 +1,13 @@
 """scripts/investigate_pbsd.py: its section lands in the document once, and its measurements hold."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from scripts import investigate_pbsd as investigate
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("investigate_pbsd", ROOT / "scripts" / "investigate_pbsd.py")
-investigate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(investigate)
 
 
 def test_write_section_replaces_its_own_section_and_keeps_the_rest(tmp_path):

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Generation throughput: HFEngine vs a bare ``model.generate`` loop, same prompts, same batches.
 
-    python scripts/bench_generate.py [--model DIR] [--batch 1 8 32] [--new-tokens 64] [--repeats 3]
+    python scripts/bench_generate.py (--model DIR | --tokenizer DIR) [--batch 1 8 32] [--new-tokens 64] [--repeats 3]
 
 Prompts are real student prompts of ``pbsd/ToolCall-v0`` rendered with the model's chat template.
-Without ``--model`` a tiny random Qwen2 (hidden 64, 2 layers, the Qwen2.5 tokenizer from the shared
-data folder) is built in memory, with no end-of-turn tweak, so every row runs the full
+Without ``--model`` a tiny random Qwen2 (hidden 64, 2 layers, the ``--tokenizer`` folder, e.g.
+Qwen2.5-Instruct's) is built in memory, with no end-of-turn tweak, so every row runs the full
 ``--new-tokens`` in both loops and tokens/s compare like for like. The bare loop samples with
 ``do_sample=True, top_k=0, top_p=1.0, temperature=1.0``; HFEngine does the same and also records the
 sampled ids' log-probabilities. Each cell is the median of ``--repeats`` timed runs after one warm-up,
@@ -18,58 +18,47 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-QWEN = ROOT.parent / "shared" / "data" / "tokenizers" / "qwen2.5-instruct"
 
 
-def load(model_dir: str | None, device: str):
-    import torch  # noqa: F401
+def load(model_dir: str | None, tokenizer: str, device: str):
     from transformers import AutoTokenizer
 
-    from pbsd_agents.chat import ChatRenderer
     from pbsd_agents.loading import build_tiny_model, load_policy
     from pbsd_agents.models import Policy
 
     if model_dir:
-        policy = load_policy(model_dir, device=device, frozen_teacher=False)
-        return policy, policy.renderer
-    if not QWEN.exists():
-        sys.exit(f"no --model given and the Qwen2.5 tokenizer is not at {QWEN}")
-    tok = AutoTokenizer.from_pretrained(str(QWEN))
-    model = build_tiny_model(tok, hidden_size=64, num_layers=2).to(device)
-    return Policy(model, tok, frozen_teacher=False), ChatRenderer(tok)
+        return load_policy(model_dir, device=device, frozen_teacher=False)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    return Policy(build_tiny_model(tok, hidden_size=64, num_layers=2).to(device), tok, frozen_teacher=False)
 
 
 def prompts_for(renderer, n: int) -> list[list[int]]:
-    import gymnasium
+    from pbsd_agents.envs.registry import make_env
+    from pbsd_agents.episode import Episode
 
-    import pbsd_agents  # noqa: F401
-
-    env = gymnasium.make("pbsd/ToolCall-v0")
-    out = []
-    for i in range(n):
-        obs, info = env.reset(options={"index": i})
-        out.append(renderer.prompt_ids(obs, info["tools"]))
-    return out
+    env = make_env("pbsd/ToolCall-v0")
+    convs = [Episode(env, options={"index": i}).conversation for i in range(n)]
+    return [renderer.prompt_ids(c.student_messages, c.tools, tool_format=c.tool_format) for c in convs]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model folder (default: a tiny random Qwen2 built in memory)")
+    ap.add_argument("--tokenizer", default=None, help="without --model: the tiny model's tokenizer folder (e.g. Qwen2.5-Instruct's)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    if not (args.model or args.tokenizer):
+        ap.error("pass --model DIR, or --tokenizer DIR for a tiny random model")
 
     import torch
 
     from pbsd_agents.engines import HFEngine, SamplingParams
 
-    policy, renderer = load(args.model, args.device)
-    model = policy.model
+    policy = load(args.model, args.tokenizer, args.device)
+    model, renderer = policy.model, policy.renderer
     engine = HFEngine(policy, batch_size=max(args.batch), stop_ids=renderer.stop_ids)
     pad = engine.pad_id
     all_prompts = prompts_for(renderer, max(args.batch))

@@ -9,11 +9,11 @@ table of medians over the steps (the first step is dropped as warm-up when there
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
+from pbsd_agents.plotting import read_jsonl
 from pbsd_agents.trainer import TrainConfig, Trainer
 
 ALGOS = {"pbsd": {}, "opsd": {}, "grpo": {"group_size": 2}, "sft": {"only_successful": False}}
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                           tasks_per_step=args.tasks_per_step, eval_tasks=1, pass_k=1, eval_every=0, save_every=0,
                           max_new_tokens=args.max_new_tokens, max_tokens=4 * args.max_new_tokens, out=str(out), progress=False)
         Trainer(cfg).train()
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(out / "metrics.jsonl")
         rows = rows[1:] if len(rows) >= 3 else rows
         med = lambda k: statistics.median(r.get(k, 0.0) or 0.0 for r in rows)  # noqa: E731
         per_step = rows[-1]["trajectories"] / rows[-1]["step"]

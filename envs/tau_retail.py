@@ -152,11 +152,9 @@ class RetailDB:
     # -- changes --
 
     def cancel_pending_order(self, order_id: str, reason: str):
-        order = self.orders.get(order_id)
-        if order is None:
-            return _no_order(order_id)
-        if order["status"] != "pending":
-            return f"error: order {order_id} is {order['status']!r}; only a 'pending' order can be cancelled"
+        order, problem = self._order(order_id, "pending", "be cancelled")
+        if problem:
+            return problem
         if reason not in ("no longer needed", "ordered by mistake"):
             return f"error: reason must be 'no longer needed' or 'ordered by mistake', got {reason!r}"
         order = self._writable("orders", order_id)
@@ -172,11 +170,9 @@ class RetailDB:
         return order
 
     def modify_pending_order_address(self, order_id, address1, address2, city, state, country, zip):
-        order = self.orders.get(order_id)
-        if order is None:
-            return _no_order(order_id)
-        if order["status"] != "pending":
-            return f"error: order {order_id} is {order['status']!r}; only a 'pending' order can be modified"
+        order, problem = self._order(order_id, "pending", "be modified")
+        if problem:
+            return problem
         order = self._writable("orders", order_id)
         order["address"] = _address(address1, address2, city, state, country, zip)
         return order
@@ -189,11 +185,9 @@ class RetailDB:
         return user
 
     def modify_pending_order_payment(self, order_id: str, payment_method_id: str):
-        order = self.orders.get(order_id)
-        if order is None:
-            return _no_order(order_id)
-        if order["status"] != "pending":
-            return f"error: order {order_id} is {order['status']!r}; only a 'pending' order can be modified"
+        order, problem = self._order(order_id, "pending", "be modified")
+        if problem:
+            return problem
         user = self.users[order["user_id"]]
         if payment_method_id not in user["payment_methods"]:
             return _no_method(payment_method_id, user)
@@ -222,11 +216,9 @@ class RetailDB:
         return self._swap_items(order_id, item_ids, new_item_ids, payment_method_id, exchange=True)
 
     def return_delivered_order_items(self, order_id: str, item_ids: list, payment_method_id: str):
-        order = self.orders.get(order_id)
-        if order is None:
-            return _no_order(order_id)
-        if order["status"] != "delivered":
-            return f"error: order {order_id} is {order['status']!r}; only a 'delivered' order can be returned"
+        order, problem = self._order(order_id, "delivered", "be returned")
+        if problem:
+            return problem
         user = self.users[order["user_id"]]
         method = user["payment_methods"].get(payment_method_id)
         original = {e["payment_method_id"] for e in order["payment_history"] if e["transaction_type"] == "payment"}
@@ -247,13 +239,10 @@ class RetailDB:
     # -- helpers --
 
     def _swap_items(self, order_id, item_ids, new_item_ids, payment_method_id, exchange: bool):
-        order = self.orders.get(order_id)
-        if order is None:
-            return _no_order(order_id)
-        needed = "delivered" if exchange else "pending"
-        if order["status"] != needed:
-            what = "exchanged" if exchange else "modified"
-            return f"error: order {order_id} is {order['status']!r}; only a {needed!r} order can have items {what}"
+        needed, what = ("delivered", "exchanged") if exchange else ("pending", "modified")
+        order, problem = self._order(order_id, needed, f"have items {what}")
+        if problem:
+            return problem
         if len(item_ids) != len(new_item_ids):
             return f"error: item_ids has {len(item_ids)} ids but new_item_ids has {len(new_item_ids)}; pair them one to one"
         if not item_ids:
@@ -303,6 +292,15 @@ class RetailDB:
             self._adjust_gift_card(order["user_id"], payment_method_id, -diff)
         order["status"] = "pending (item modified)"
         return order
+
+    def _order(self, order_id: str, status: str, action: str) -> tuple[dict | None, str | None]:
+        """The order and None, or None and the error for a missing order or one not in ``status``."""
+        order = self.orders.get(order_id)
+        if order is None:
+            return None, _no_order(order_id)
+        if order["status"] != status:
+            return None, f"error: order {order_id} is {order['status']!r}; only a {status!r} order can {action}"
+        return order, None
 
     def _check_gift_card(self, user: dict, method_id: str, amount: float) -> str | None:
         method = user["payment_methods"][method_id]

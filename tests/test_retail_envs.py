@@ -121,12 +121,18 @@ def test_retail_wrong_actions_score_zero():
     assert checked >= 10
 
 
-def test_retail_extra_change_scores_zero():
-    env = make_retail(split="test")
+def reset_to_task_ending_with(env, name: str) -> None:
+    """Reset ``env`` to the first test task whose last reference call is ``name``."""
     for i in range(TEST_SIZE):
         env.reset(options={"index": i})
-        if env.task.gold["calls"][-1][0] == "update_address":
-            break
+        if env.task.gold["calls"][-1][0] == name:
+            return
+    raise AssertionError(f"no test task ends with {name}")
+
+
+def test_retail_extra_change_scores_zero():
+    env = make_retail(split="test")
+    reset_to_task_ending_with(env, "update_address")
     oracle = env.oracle_actions()
     uid = env.task.gold["calls"][-1][1]["user_id"]
     pending = [o for o, r in env.world.db["orders"].items() if r["status"] == "pending"]
@@ -160,10 +166,7 @@ def test_retail_bad_calls_return_errors_and_episode_goes_on():
 
 def test_retail_exchange_rules():
     env = make_retail(split="test")
-    for i in range(TEST_SIZE):
-        env.reset(options={"index": i})
-        if env.task.gold["calls"][-1][0] == "exchange_item":
-            break
+    reset_to_task_ending_with(env, "exchange_item")
     args = env.task.gold["calls"][-1][1]
     world = env.world
     item = next(it for it in world.db["orders"][args["order_id"]]["items"] if it["item_id"] == args["item_id"])

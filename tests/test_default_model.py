@@ -49,3 +49,20 @@ def test_default_env_leaves_room_for_pbsd(collector):
 def test_gap_on_every_procedural_env(collector, env_id):
     gap = _gap(collector, env_id, 64)
     assert gap["teacher"] > gap["student"], gap
+
+
+def test_build_demos_are_the_oracle_turns_rendered_as_the_collector_renders_them():
+    """scripts/build_default_model.py: oracle conversations, rendered by ChatRenderer.render_conversation."""
+    from transformers import AutoTokenizer
+
+    from pbsd_agents.chat import ChatRenderer
+    from scripts import build_default_model as build
+
+    renderer = ChatRenderer(AutoTokenizer.from_pretrained(str(ASSET)))
+    for conv in build.corpus_episodes("pbsd/MathCalc-v0", 3, seed=0):
+        turns = conv.assistant_turns()
+        ids, mask = renderer.render_conversation(conv.teacher_messages, conv.tools, tool_format=conv.tool_format)
+        assert renderer.decode([i for i, m in zip(ids, mask) if m]) == "".join(t + renderer.eot_token for t in turns)
+        assert ids == renderer.render_ids(conv.teacher_messages, conv.tools)[: len(ids)]  # one-shot rendering agrees
+        text = build.corpus_text(conv.student_messages)
+        assert text.endswith(turns[-1] + "\n") and text.startswith(conv.student_messages[0]["content"])

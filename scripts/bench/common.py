@@ -143,6 +143,15 @@ def batch_of(trajs):
                          for i in range(len(trajs) // 2)])
 
 
+def apply(loss, params, opt) -> None:
+    """The end of every timed update: backward, grad-norm clip to ``GRAD_CLIP``, AdamW step."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+    opt.step()
+
+
 def pbsd_algorithm(pad_id: int):
     """The PBSD loss every section times (the benchmark's beta, no gap-token logging)."""
     from pbsd_agents.algorithms import PBSD, PBSDConfig

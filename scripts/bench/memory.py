@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import (GRAD_CLIP, LR, PAIR_ENV, Sizes, batch_of, build_model, kit_trajectories, load_tokenizer,
-                     make_pair_texts, median, now, pbsd_algorithm, setup_torch, table)
+from .common import (LR, PAIR_ENV, Sizes, apply, batch_of, build_model, kit_trajectories, load_tokenizer, make_pair_texts,
+                     median, now, pbsd_algorithm, setup_torch, table)
 
 TITLE = "peak memory LoRA vs full fine-tuning"
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,9 +68,7 @@ def child(args, mode: str) -> dict:
         t0 = now()
         opt.zero_grad(set_to_none=True)
         loss, _ = algo.loss(batch, policy)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
+        apply(loss, params, opt)
         times.append(now() - t0)
     peak_kb = peak_rss_kb()
     mb = 1024 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 
-from .common import (BETA, GRAD_CLIP, LR, PAIR_ENV, Sizes, batch_of, build_model, fmt, full_logits_seq_logprobs,
+from .common import (BETA, GRAD_CLIP, LR, PAIR_ENV, Sizes, apply, batch_of, build_model, fmt, full_logits_seq_logprobs,
                      kit_trajectories, make_pair_texts, median, now, pbsd_algorithm, sync, table)
 
 TITLE = "PBSD vs TRL DPOTrainer step time"
@@ -133,9 +133,7 @@ def run(args, tok) -> dict:
     batch = batch_of(trajs)
 
     def finish(loss):
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
+        apply(loss, params, opt)
         return loss.item()
 
     def kit_cached_step():  # the PBSD update with h from cached teacher log-probs

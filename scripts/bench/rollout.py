@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from .common import (BETA, GRAD_CLIP, LR, PAIR_ENV, Sizes, batch_of, build_model, full_logits_seq_logprobs,
+from .common import (BETA, LR, PAIR_ENV, Sizes, apply, batch_of, build_model, full_logits_seq_logprobs,
                      make_pair_texts, median, now, pbsd_algorithm, sync, table)
 
 TITLE = "kit rollout+update vs a bare transformers loop"
@@ -76,9 +76,7 @@ def run(args, tok) -> dict:
         model.train()
         opt.zero_grad(set_to_none=True)
         loss, _ = algo.loss(batch, policy)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
+        apply(loss, params, opt)
         sync(dev)
 
     def bare_generate(net, prompts, steps, seed):
@@ -104,9 +102,7 @@ def run(args, tok) -> dict:
         ls = full_logits_seq_logprobs(model, [t.student_view() for t in trajs], pad)
         h = ls - lt
         loss = pbsd_loss(h[0::2], h[1::2], BETA).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
+        apply(loss, params, opt)
         sync(dev)
 
     reps = []

@@ -26,12 +26,12 @@ class TrainConfig:
     """Everything a run needs (see each field's ``metadata["help"]``, shown by ``pbsd-agents train --help``)."""
 
     algo: str = _opt("pbsd", "learning algorithm: pbsd (the kit's method), opsd, grpo or sft")
-    algo_args: dict = _opt({}, "options of the algorithm's config, e.g. beta=0.1, pair_filter=verifier, nll_coef=0.5")
+    algo_args: dict = _opt({}, "an option of the algorithm's config, e.g. beta=0.1, pair_filter=verifier, nll_coef=0.5")
     # MathCalc: measured, the clearest 100-step PBSD gain with the embedded model.
     env: str = _opt("pbsd/MathCalc-v0", "environment id: any gymnasium-registered id, "
                     "including module:Name-v0 (see `pbsd-agents envs`)")
-    env_kwargs: dict = _opt({}, "constructor arguments of the training env, e.g. max_turns=6")
-    eval_env_kwargs: dict = _opt({}, "constructor arguments of the eval env, over the training ones (split=test is set)")
+    env_kwargs: dict = _opt({}, "a constructor argument of the training env, e.g. max_turns=6")
+    eval_env_kwargs: dict = _opt({}, "a constructor argument of the eval env, over the training ones (split=test is set)")
     model: str = _opt(DEFAULT_MODEL, "Hugging Face model id or local path, a checkpoint folder, "
                       "or 'default' (the embedded tiny model)")
     engine: str = _opt("hf", "rollout engine: hf (transformers generate, CPU or GPU) or vllm (GPU, experimental)")

@@ -48,7 +48,7 @@ def _category(t) -> str | None:
     return (getattr(t, "task_info", None) or {}).get("category")
 
 
-def summarize(greedy: list, sampled: list[list], k: int) -> dict:
+def summarize(greedy: list, sampled: list[list], k: int, *, by_category: bool = True) -> dict:
     """The metrics of one task set: ``greedy`` has one trajectory per task, ``sampled`` k per task (or none)."""
     n = len(greedy)
     success, success_ci = _rate([t.success for t in greedy], n)
@@ -61,11 +61,12 @@ def summarize(greedy: list, sampled: list[list], k: int) -> dict:
     out["mean_action_tokens"] = sum(t.num_action_tokens for t in greedy) / n if n else 0.0
     out["parse_error_rate"] = sum(t.num_parse_errors for t in greedy) / turns
     out["num_tasks"] = n
-    categories = sorted({c for c in map(_category, greedy) if c is not None})
+    categories = sorted({c for c in map(_category, greedy) if c is not None}) if by_category else []
     if categories:
         rows = list(zip(greedy, sampled or [[]] * len(greedy)))
         out["per_category"] = {
-            c: summarize([g for g, _ in rows if _category(g) == c], [s for g, s in rows if _category(g) == c and s], k)
+            c: summarize([g for g, _ in rows if _category(g) == c], [s for g, s in rows if _category(g) == c and s], k,
+                         by_category=False)
             for c in categories
         }
     return out

@@ -1,10 +1,10 @@
 """Run a training recipe from scripts/recipes/ (a YAML TrainConfig), with any `pbsd-agents train` flags on top.
 
     python scripts/train_recipe.py toolcall --steps 3                      # CPU, SmolLM2-135M preset + LoRA
-    python scripts/train_recipe.py gsm8k --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --engine vllm
+    python scripts/train_recipe.py gsm8k --env-arg data_path=PATH/train.jsonl --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --engine vllm
 
-Recipes: toolcall, mathcalc, retail (procedural), bfcl, gsm8k, tau_retail (benchmark files; their
-data paths point at the reference copies beside the repository: override with --env-arg).
+Recipes: toolcall, mathcalc, retail (procedural), bfcl, gsm8k, tau_retail (benchmark files: give
+yours with --env-arg, as each recipe's header says).
 """
 
 import sys

@@ -64,7 +64,7 @@ def test_envs_lists_the_registered_envs(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--env", "pbsd/Nope-v0"], "unknown env 'pbsd/Nope-v0'; valid choices: pbsd/ToolCall-v0"),
+    (["--env", "pbsd/Nope-v0"], "unknown env 'pbsd/Nope-v0'; registered envs: pbsd/"),
     (["--env", "pbsd/MathCalc-v0", "--env-kwargs", "{oops"], "--env-kwargs is not valid JSON"),
     (["--env", "pbsd/MathCalc-v0", "--env-kwargs", '{"split": "nope"}'], "cannot make env"),
     (["--env", "pbsd/MathCalc-v0", "--n", "0"], "--n must be >= 1"),

@@ -132,13 +132,15 @@ def test_lora_run_then_eval_and_merged_export(tiny_model, tmp_path, capsys):
     assert cli_main(["eval", "--model", str(ckpt), "--env", "pbsd/MathCalc-v0", "--n", "2", "--max-new-tokens", "8",
                      "--max-tokens", "16"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 2 and 0.0 <= result["success"] <= 1.0
+    assert result["num_tasks"] == 2 and 0.0 <= result["success"] <= 1.0 and result["step"] == 1
 
 
-def test_bfcl_task_categories():
-    from pbsd_agents.cli_train import task_category
-
-    assert task_category("pbsd/BFCL-v0", "simple_12") == "simple"
-    assert task_category("pbsd/BFCL-v0", "parallel_multiple_3") == "parallel_multiple"
-    assert task_category("pbsd/BFCL-v0", "live_simple_3-1-0") == "live_simple"
-    assert task_category("pbsd/ToolCall-v0", "x_1") == "all"
+def test_eval_of_a_final_checkpoint_repeats_the_trainers_last_evaluation(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    Trainer(small(tiny_model, out, steps=1, max_new_tokens=4, env_kwargs={"max_turns": 2})).train()
+    last = read(out / "eval.jsonl")[-1]
+    capsys.readouterr()
+    # env, its arguments, token limits and seed come from the run's config.yaml
+    assert cli_main(["eval", "--model", str(out / "checkpoints" / "step_000001"), "--n", "2", "--pass-k", "2",
+                     "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == last

@@ -1,4 +1,4 @@
-"""Pieces shared by the subcommands: the user-error type, help formatting, ``K=V`` flags, env checks.
+"""Pieces shared by the subcommands: the user-error type, help formatting, env checks, model loading.
 
 Nothing here imports torch or transformers: ``--help`` must stay fast.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CLIError", "HelpFormatter", "check_env", "load_model", "parse_kv", "quiet_transformers"]
+__all__ = ["CLIError", "HelpFormatter", "check_env", "load_model", "quiet_transformers"]
 
 
 class CLIError(Exception):
@@ -24,19 +24,6 @@ class HelpFormatter(argparse.HelpFormatter):
                 or default is None or default is False or default is argparse.SUPPRESS or default == []):
             return text
         return text + " (default: %(default)s)"
-
-
-def parse_kv(items: list[str] | None, flag: str) -> dict:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as YAML; dashes in keys become underscores)."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise CLIError(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
-    return out
 
 
 def check_env(env_id: str, env_kwargs: dict) -> int | None:

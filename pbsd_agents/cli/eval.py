@@ -12,7 +12,8 @@ import dataclasses
 import json
 
 from ..config import TrainConfig
-from .common import CLIError, check_env, load_model, parse_kv
+from ..grid import parse_kv
+from .common import CLIError, check_env, load_model
 
 HELP = "evaluate a model or checkpoint on held-out tasks"
 DESCRIPTION = ("Greedy success (and with --pass-k, T=1 success and pass@k), each with a 95% interval, of a model or "

@@ -10,7 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from ..config import TrainConfig
-from .common import parse_kv, quiet_transformers
+from ..grid import parse_kv
+from .common import quiet_transformers
 
 HELP = "train a policy (PBSD by default); every flag has a default"
 DESCRIPTION = ("Train a policy. `pbsd-agents train` alone runs the main job: PBSD with the embedded tiny model on "

@@ -42,9 +42,9 @@ Example:
     ...                     messages=[{"role": "user", "content": "What is the vault code?"}],
     ...                     privileged=f"call lookup, then answer: the code is {code}",
     ...                     oracle=[format_tool_call("lookup", {}), f"The code is {code}."],
-    ...                     tools=[lookup], answer=code)
-    ...     def score(self, final_text, calls):
-    ...         return float(self.task.answer in final_text), {}
+    ...                     tools=[lookup], gold=code)
+    ...     def score(self, transcript):
+    ...         return float(self.task.gold in transcript.final_text), {}
     >>> report = check_env(Vault(), num_fuzz=40)
     >>> report.fuzz_steps, report.oracle_episodes, report.errors
     (40, 3, [])

@@ -102,11 +102,11 @@ class AdderEnv(ChatToolEnv):
             privileged=f"SECRET-PLAN-{index}: add {a} and {b}, then add {c}; the total is {total}",
             oracle=[format_tool_call("add", {"a": a, "b": b}), format_tool_call("add", {"a": a + b, "b": c}),
                     f"The total is {total}."],
-            tools=[add], answer=total,
+            tools=[add], gold=total,
         )
 
-    def score(self, final_text, calls):
-        return float(str(self.task.answer) in final_text), {}
+    def score(self, transcript):
+        return float(str(self.task.gold) in transcript.final_text), {}
 
 
 if TOY_ENV_ID not in gymnasium.registry:

@@ -106,9 +106,16 @@ class ShortOracleEnv(LibraryEnv):
 class CrashingScoreEnv(LibraryEnv):
     """Reads the final answer carelessly: most text makes score() raise."""
 
-    def score(self, final_text, calls):
-        int(final_text.split()[-1].strip("."), 36)
-        return super().score(final_text, calls)
+    def score(self, transcript):
+        int(transcript.final_text.split()[-1].strip("."), 36)
+        return super().score(transcript)
+
+
+class FloatScoreEnv(LibraryEnv):
+    """Returns a bare reward from score(), as an old README said to."""
+
+    def score(self, transcript):
+        return super().score(transcript)[0]
 
 
 class CrashOnBraceEnv(LibraryEnv):
@@ -148,6 +155,7 @@ class NoTeacherEnv(LibraryEnv):
         (WrongOracleEnv, r"the oracle did not solve the task"),
         (ShortOracleEnv, r"not over after the oracle's 1 turn"),
         (CrashingScoreEnv, r"step raised ValueError"),
+        (FloatScoreEnv, r"FloatScoreEnv\.score\(\) must return \(reward, info\)"),
         (CrashOnBraceEnv, r"step raised RecursionError"),
         (BadStepEnv, r"reward must be a float|num_parse_errors"),
         (BadSchemaEnv, r"tool #2 is not OpenAI format"),

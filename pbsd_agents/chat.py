@@ -55,7 +55,8 @@ class TemplateError(ValueError):
 
 
 def tools_system_text(tools: Sequence[dict], tool_format: str = "hermes") -> str:
-    """The tool block written into the system message for templates that ignore ``tools=``.
+    """The tool block written into the system message for templates that ignore ``tools=``: the
+    schemas, then how to write a call in the env's ``tool_format``.
 
     Example:
         >>> tool = {"type": "function", "function": {"name": "add", "description": "Add.",
@@ -65,19 +66,10 @@ def tools_system_text(tools: Sequence[dict], tool_format: str = "hermes") -> str
         >>> "<tool_call>" in tools_system_text([tool])
         True
     """
+    from pbsd_agents.tools.parsers import format_hint
+
     schemas = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-    head = f"You can call tools. Their JSON schemas, one per line:\n{schemas}\n\n"
-    if tool_format == "hermes":
-        how = ('To call a tool, write <tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}'
-               "</tool_call>; write one block per call.")
-    elif tool_format == "json":
-        how = ('To call a tool, answer with only {"name": "<tool name>", "arguments": {<arguments as JSON>}}, '
-               "or a JSON list of such objects for several calls.")
-    elif tool_format == "python":
-        how = "To call a tool, answer with only a Python-style call such as f(a=1, b='x'), or a list [f(...), g(...)]."
-    else:
-        raise ValueError(f"unknown tool format {tool_format!r}; valid formats: hermes, json, python")
-    return head + how
+    return f"You can call tools. Their JSON schemas, one per line:\n{schemas}\n\n{format_hint(tool_format)}"
 
 
 class ChatRenderer:

@@ -122,10 +122,24 @@ def test_fallback_puts_tools_in_the_system_message(base):
 
 
 def test_fallback_call_formats():
-    assert "f(a=1" in tools_system_text(TOOLS, "python")
+    assert "[func(arg=value)" in tools_system_text(TOOLS, "python")
     assert '"arguments"' in tools_system_text(TOOLS, "json")
     with pytest.raises(ValueError, match="valid formats"):
         tools_system_text(TOOLS, "xml")
+
+
+def test_fallback_describes_the_envs_call_format():
+    # the env reports its tool_format at reset; a template that ignores tools= is told that format, not Hermes
+    import gymnasium
+
+    from pbsd_agents.episode import Episode
+    from pbsd_agents.tools.parsers import format_hint
+
+    r = ChatRenderer(with_template(NO_TOOLS_TEMPLATE))
+    conv = Episode(gymnasium.make("pbsd/ToolCall-v0", tool_format="python"), options={"index": 0}).conversation
+    assert conv.tool_format == "python"
+    text = r.decode(r.prompt_ids(conv.student_messages, conv.tools, tool_format=conv.tool_format))
+    assert format_hint("python") in text and "<tool_call>" not in text
 
 
 def test_tool_role_fallback_for_strict_templates():

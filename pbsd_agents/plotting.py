@@ -39,7 +39,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_title("held-out success")
     ax.set_xlabel("sampled trajectories")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    _legend(ax)
     for ax, (title, keys) in zip(axes[0][1:], panels):
         for key in keys:
             pts = [(m["trajectories"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
@@ -47,10 +47,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 ax.plot(*zip(*pts), label=key, linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("sampled trajectories")
-        ax.legend(fontsize=8)
+        _legend(ax)
     fig.suptitle(run_dir.name, fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else run_dir / "curves.png"
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # a panel whose metric was never a number (e.g. every step skipped)
+        ax.legend(fontsize=8)

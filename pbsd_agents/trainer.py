@@ -118,15 +118,17 @@ class Trainer:
             log.eval(last_eval)
         self.save_checkpoint()
         log.print(f"held-out success after {self.step} steps: {_fmt_eval(last_eval)}")
-        summary = {"eval_before": eval_before, "eval_after": last_eval, "wall_s": round(time.time() - t0, 2),
-                   "skipped_steps": self.skipped, "config": dataclasses.asdict(cfg)}
-        log.write("summary.json", json.dumps(summary, indent=2))
+        return self._finish({"eval_before": eval_before, "eval_after": last_eval, "wall_s": round(time.time() - t0, 2),
+                             "skipped_steps": self.skipped, "config": dataclasses.asdict(cfg)})
+
+    def _finish(self, summary: dict) -> dict:
+        self.log.write("summary.json", json.dumps(summary, indent=2))
         try:
             plot_run(self.out)
         except Exception as exc:  # a plotting problem must not lose a finished run
-            log.print(f"warning: could not draw curves.png: {exc}")
-        log.close()
-        log.print(f"run folder: {self.out}")
+            self.log.print(f"warning: could not draw curves.png: {exc}")
+        self.log.close()
+        self.log.print(f"run folder: {self.out}")
         return summary
 
     def _tasks_for_step(self, step: int) -> list[int]:

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from pbsd_agents.cli import SUBCOMMANDS, main
-from tests.test_trainer import tiny_model  # noqa: F401  (a fixture: a tiny byte-level model folder)
 
 PROBE = """
 import sys
@@ -51,7 +50,7 @@ def user_env(tmp_path, monkeypatch):
     return "my_user_envs:my/Sums-v0"
 
 
-def test_rollout_and_eval_take_a_users_module_env(user_env, tiny_model, tmp_path, capsys):  # noqa: F811
+def test_rollout_and_eval_take_a_users_module_env(user_env, tiny_model, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
     assert main(["rollout", "--env", user_env, "--model", tiny_model, "--n", "2", "--out", str(out),
                  "--max-new-tokens", "4", "--max-tokens", "8", "--no-progress", "--check"]) == 0, capsys.readouterr()
@@ -106,11 +105,3 @@ def test_envs_lists_a_users_env_too(user_env, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("my/Sums-v0") and "MathCalcEnv" in line for line in lines)
     assert any(line.startswith("pbsd/MathCalc-v0") and "arithmetic" in line for line in lines)
-
-
-def test_the_cli_packages_example_runs():
-    import doctest
-
-    import pbsd_agents.cli
-
-    assert doctest.testmod(pbsd_agents.cli, optionflags=doctest.ELLIPSIS).failed == 0

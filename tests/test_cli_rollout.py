@@ -1,29 +1,18 @@
 """`pbsd-agents rollout` and `pbsd-agents envs`: the issue's done-when run, and one-line errors."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from rollout_helpers import QWEN_DIR  # noqa: E402
-
-from pbsd_agents.cli import main  # noqa: E402
-from pbsd_agents.invariants import check_jsonl  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from pbsd_agents.cli import main
+from pbsd_agents.invariants import check_jsonl
+from scripts.make_tiny_model import make_tiny_model
+from tests.support import qwen_dir
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    if not QWEN_DIR.exists():
-        pytest.skip(f"the Qwen2.5 tokenizer is not at {QWEN_DIR} (the project's shared data folder)")
-    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "scripts" / "make_tiny_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_tiny_model(tmp_path_factory.mktemp("tiny"), QWEN_DIR, hidden=32, layers=1, mean_turn=8)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), qwen_dir(), hidden=32, layers=1, mean_turn=8)
 
 
 def test_rollout_toolcall_writes_a_checked_file(tiny_model_dir, tmp_path, capsys):

@@ -11,10 +11,10 @@ import pbsd_agents
 
 def _modules():
     names = []
-    for pkg in ("pbsd_agents", "pbsd_agents.tools", "pbsd_agents.envs", "pbsd_agents.algorithms"):
+    for pkg in ("pbsd_agents", "pbsd_agents.tools", "pbsd_agents.envs"):
         mod = importlib.import_module(pkg)
         names.append(pkg)
-        names += [f"{pkg}.{m.name}" for m in pkgutil.iter_modules(mod.__path__) if not m.ispkg]
+        names += [m.name for m in pkgutil.walk_packages(mod.__path__, prefix=f"{pkg}.")]
     return sorted(set(names))
 
 

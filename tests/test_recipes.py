@@ -34,15 +34,13 @@ RECIPE_DATA = {"bfcl": ("data_path", "bfcl", "BFCL_v3_simple.json"), "gsm8k": ("
 def test_recipe_envs_build_with_the_users_data(path, shared_data):
     from pbsd_agents.envs.registry import make_env
 
-    recipe = yaml.safe_load(path.read_text())
-    train_kwargs = dict(recipe.get("env_kwargs", {}))
+    config = TrainConfig.from_dict(yaml.safe_load(path.read_text()))
     if path.stem in RECIPE_DATA:
         key, *parts = RECIPE_DATA[path.stem]
-        assert key not in train_kwargs and f"--env-arg {key}=" in path.read_text()
-        train_kwargs[key] = str(shared_data(*parts))
-    eval_kwargs = {**train_kwargs, "split": "test", **recipe.get("eval_env_kwargs", {})}
-    for kwargs in (train_kwargs, eval_kwargs):
-        make_env(recipe["env"], **kwargs).close()
+        assert key not in config.env_kwargs and f"--env-arg {key}=" in path.read_text()
+        config.env_kwargs[key] = str(shared_data(*parts))
+    for kwargs in (config.env_kwargs, config.resolved_eval_env_kwargs()):
+        make_env(config.env, **kwargs).close()
 
 
 @pytest.mark.slow

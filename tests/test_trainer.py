@@ -14,17 +14,6 @@ from pbsd_agents.cli import main as cli_main
 from pbsd_agents.trainer import TrainConfig, Trainer
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from pbsd_agents.loading import build_tiny_model, byte_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    tok = byte_tokenizer()
-    build_tiny_model(tok, hidden_size=32, num_layers=1).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 def small(tiny_model, out, **kw):
     base = dict(model=tiny_model, env="pbsd/MathCalc-v0", steps=3, tasks_per_step=2, eval_tasks=2, pass_k=2,
                 max_new_tokens=8, max_tokens=16, save_every=2, keep_last=1, out=str(out), progress=False)

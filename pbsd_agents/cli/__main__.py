@@ -2,4 +2,5 @@ import sys
 
 from . import main
 
-sys.exit(main())
+if __name__ == "__main__":  # `python -m pbsd_agents.cli`
+    sys.exit(main())

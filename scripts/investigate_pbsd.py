@@ -47,33 +47,25 @@ def measure(env: str, batches: int, seed: int, clip: float) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pbsd_agents.algorithms.scoring import sequence_logprobs
     from pbsd_agents.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(algo="pbsd", env=env, seed=seed, device="cpu", progress=False,
                       out=tempfile.mkdtemp(prefix="investigate-"))
     tr = Trainer(cfg)
     tr.setup()
-    beta, pad = tr.algorithm.config.beta, tr.algorithm.pad_id
+    beta = tr.algorithm.config.beta
     params = [p for p in tr.policy.model.parameters() if p.requires_grad]
     rows, sum_pos, sum_neg = [], None, None
     for b in range(1, batches + 1):
         batch = tr.collect_batch(b)  # the batch the trainer's step b would train on
-        pairs = [(p, n) for p, n in tr.algorithm.pairs(batch) if p.num_action_tokens and n.num_action_tokens]
+        pairs = tr.algorithm.scored_pairs(batch)
         pos, neg = [p for p, _ in pairs], [n for _, n in pairs]
-        # By hand, as PBSD.loss computes it, because the loss keeps h(y+), h(y-) to itself: here the
-        # student log-probs of each side must stay apart, with their graph, to split the gradient.
-        with torch.no_grad(), tr.policy.teacher() as teacher_model:
-            t_pos, _ = sequence_logprobs(teacher_model, [t.teacher_view() for t in pos], pad)
-            t_neg, _ = sequence_logprobs(teacher_model, [t.teacher_view() for t in neg], pad)
-        with tr.policy.student() as model:
-            s_pos, tok_pos = sequence_logprobs(model, [t.student_view() for t in pos], pad)
-            s_neg, _ = sequence_logprobs(model, [t.student_view() for t in neg], pad)
-            margin = ((s_pos - t_pos) - (s_neg - t_neg)).detach()
-            w = torch.sigmoid(-beta * margin)
-            u_pos = flat_grad((w * beta * s_pos).mean(), params)
-            u_neg = flat_grad((w * beta * s_neg).mean(), params)
-            sft = flat_grad(torch.cat(tok_pos).mean(), params)  # SeqKD's ascent direction on the same y+
+        sc = tr.algorithm.score(pairs, tr.policy)  # the loss's own h(y+), h(y-); student sums keep their graph
+        margin = (sc.h_pos - sc.h_neg).detach()
+        w = torch.sigmoid(-beta * margin)
+        u_pos = flat_grad((w * beta * sc.logp_pos).mean(), params)
+        u_neg = flat_grad((w * beta * sc.logp_neg).mean(), params)
+        sft = flat_grad(torch.cat(sc.token_logp_pos).mean(), params)  # SeqKD's ascent direction on the same y+
         pbsd = u_pos - u_neg
         sum_pos = u_pos if sum_pos is None else sum_pos + u_pos
         sum_neg = u_neg if sum_neg is None else sum_neg + u_neg

@@ -22,7 +22,7 @@ def test_help(name):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["make_tiny_model.py", "OUT"], "the following arguments are required: --tokenizer"),
+    (["make_tiny_model.py", "OUT", "--tokenizer", "/nonexistent/tok"], "tokenizer folder /nonexistent/tok not found"),
     (["template_drift.py"], "the following arguments are required: --tokenizer"),
     (["bench_generate.py"], "pass --model DIR, or --tokenizer DIR"),
     (["sweep_default.py", "--algo-arg", "beta"], "--algo-arg expects KEY=VALUE"),

@@ -69,6 +69,25 @@ class PBSDConfig:
             raise ValueError(f"teacher_temperature must be >= 0 or None, got {self.teacher_temperature}")
 
 
+@dataclass
+class PairScores:
+    """PBSD's per-pair quantities for some (y+, y-) pairs; student sums keep their graph.
+
+    ``logp_*``: Σ log π_θ over action tokens (student view); ``h_*``: h(y) of the module docstring
+    (length-normalised when configured); ``token_logp_pos`` / ``token_gap_pos``: per-token
+    log π_θ of each y+ and its gap log π_θ − log π_T.
+    """
+
+    pairs: list
+    logp_pos: torch.Tensor
+    logp_neg: torch.Tensor
+    h_pos: torch.Tensor
+    h_neg: torch.Tensor
+    token_logp_pos: list[torch.Tensor]
+    token_gap_pos: list[torch.Tensor]
+    teacher_score_s: float
+
+
 def pbsd_loss(
     h_pos: torch.Tensor, h_neg: torch.Tensor, beta: float
 ) -> torch.Tensor:
@@ -99,6 +118,29 @@ class PBSD(Algorithm):
                 out.append((pos, neg))
         return out
 
+    def scored_pairs(self, batch: Batch) -> list:
+        """The pairs the loss trains on: :meth:`pairs` where both sides generated something."""
+        return [(p, n) for p, n in self.pairs(batch) if p.num_action_tokens and n.num_action_tokens]
+
+    def score(self, pairs: list, policy: Policy) -> PairScores:
+        """Student and teacher log-probs of both sides of every pair, and h(y+), h(y-)."""
+        trajs = [t for pair in pairs for t in pair]  # pos0, neg0, pos1, neg1, ...
+        with policy.student() as model:
+            lp_student, tok_student = sequence_logprobs(model, [t.student_view() for t in trajs], self.pad_id)
+        t0 = time.perf_counter()
+        with torch.no_grad(), policy.teacher() as teacher:
+            lp_teacher, tok_teacher = sequence_logprobs(teacher, [t.teacher_view() for t in trajs], self.pad_id)
+        teacher_s = time.perf_counter() - t0
+        h = lp_student - lp_teacher
+        if self.config.length_normalize:
+            h = h / torch.tensor([t.num_action_tokens for t in trajs], dtype=h.dtype, device=h.device)
+        return PairScores(
+            pairs=pairs, logp_pos=lp_student[0::2], logp_neg=lp_student[1::2], h_pos=h[0::2], h_neg=h[1::2],
+            token_logp_pos=tok_student[0::2],
+            token_gap_pos=[(s - t).detach() for s, t in zip(tok_student[0::2], tok_teacher[0::2])],
+            teacher_score_s=teacher_s,
+        )
+
     def loss(self, batch: Batch, policy: Policy):
         cfg = self.config
         teacher_samples = [t for g in batch.groups for t in g.teacher]
@@ -106,40 +148,29 @@ class PBSD(Algorithm):
             "teacher_reward": mean_reward(teacher_samples),
             "student_reward": mean_reward([t for g in batch.groups for t in g.student]),
         }
-        pairs = [(p, n) for p, n in self.pairs(batch) if p.num_action_tokens and n.num_action_tokens]
+        pairs = self.scored_pairs(batch)
         metrics["num_pairs"] = len(pairs)
         if not pairs:
             return None, metrics
-        trajs = [t for pair in pairs for t in pair]  # pos0, neg0, pos1, neg1, ...
-        with policy.student() as model:
-            lp_student, tok_student = sequence_logprobs(model, [t.student_view() for t in trajs], self.pad_id)
-        t0 = time.perf_counter()
-        with torch.no_grad(), policy.teacher() as teacher:
-            lp_teacher, tok_teacher = sequence_logprobs(teacher, [t.teacher_view() for t in trajs], self.pad_id)
-        metrics["teacher_score_s"] = time.perf_counter() - t0
-        h = lp_student - lp_teacher
-        if cfg.length_normalize:
-            h = h / torch.tensor([t.num_action_tokens for t in trajs], dtype=h.dtype, device=h.device)
-        h_pos, h_neg = h[0::2], h[1::2]
-        per_pair = pbsd_loss(h_pos, h_neg, cfg.beta)
-        loss = per_pair.mean()
+        sc = self.score(pairs, policy)
+        metrics["teacher_score_s"] = sc.teacher_score_s
+        loss = pbsd_loss(sc.h_pos, sc.h_neg, cfg.beta).mean()
         if cfg.nll_coef:
-            nll = torch.stack([-tok_student[2 * i].mean() for i in range(len(pairs))]).mean()
+            nll = torch.stack([-tok.mean() for tok in sc.token_logp_pos]).mean()
             loss = loss + cfg.nll_coef * nll
             metrics["nll_pos"] = nll.item()
-        margin = (h_pos - h_neg).detach()
+        margin = (sc.h_pos - sc.h_neg).detach()
         metrics.update(
-            h_pos=h_pos.mean().item(),
-            h_neg=h_neg.mean().item(),
+            h_pos=sc.h_pos.mean().item(),
+            h_neg=sc.h_neg.mean().item(),
             margin=margin.mean().item(),
             pair_accuracy=(margin > 0).float().mean().item(),
-            logp_pos=lp_student[0::2].mean().item(),
-            logp_neg=lp_student[1::2].mean().item(),
+            logp_pos=sc.logp_pos.mean().item(),
+            logp_neg=sc.logp_neg.mean().item(),
             identical_pairs=sum(p.action_ids == n.action_ids for p, n in pairs),
         )
         if cfg.log_gap_every and batch.step % cfg.log_gap_every == 0 and policy.tokenizer is not None:
-            gaps = (tok_student[0] - tok_teacher[0]).detach()
-            metrics["gap_tokens"] = _gap_text(policy.tokenizer, pairs[0][0].action_ids, gaps)
+            metrics["gap_tokens"] = _gap_text(policy.tokenizer, pairs[0][0].action_ids, sc.token_gap_pos[0])
         return loss, metrics
 
     def after_step(self, step: int, policy: Policy) -> None:

@@ -237,7 +237,9 @@ def main(argv=None) -> int:
         # Larger than the 0.02 default: with 0.02 the attention logits start ~0.05 and sit on a plateau.
         initializer_range=0.05,
     )
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    from pbsd_agents.loading import resolve_device
+
+    device = resolve_device(args.device)
     if args.init:
         model = Qwen2ForCausalLM.from_pretrained(args.init)
     else:

@@ -29,6 +29,17 @@ def test_kit_passes_the_custom_env_example():
     assert report.oracle_episodes == 3
 
 
+def test_the_readme_example_is_the_tested_file():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    section = root.joinpath("README.md").read_text().split("## Write and test your own environment")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks and "class LibraryEnv(ChatToolEnv)" in blocks[0] and "def score(self, transcript" in blocks[0]
+    assert blocks[0] in root.joinpath("scripts", "custom_env_example.py").read_text()
+
+
 @pytest.mark.parametrize("tool_format", ["json", "python"])
 def test_kit_passes_the_example_unregistered_in_other_formats(tool_format):
     report = check_env(LibraryEnv(tool_format=tool_format), num_fuzz=200, oracle_tasks=[0, 5, 99])

@@ -31,6 +31,9 @@ TEACHER_TEMPLATE = "{user}\n\n(Privileged context, shown to you only: {privilege
 # Infinite splits draw task indices from this range; a task index names a task reproducibly.
 INFINITE_INDEX_RANGE = 2**31
 
+# The reset-info keys of the contract; any other key is the task's own (Task.info), recorded with its trajectories.
+RESET_INFO_KEYS = ("tools", "privileged", "task_id", "index", "tool_format")
+
 
 @dataclass
 class Task:

@@ -155,7 +155,7 @@ class GSM8KEnv(ChatToolEnv):
         if isinstance(found, tuple):
             name, inside = found
             if inside is not None:
-                raise _DATA.error(data_path, "names a file inside a Hugging Face dataset, not a dataset")
+                raise _DATA.error(data_path, "is not an existing file (nor a Hugging Face dataset name)")
             if hf_config is None and name.lower().endswith("gsm8k"):
                 hf_config = "main"  # openai/gsm8k has configs "main" and "socratic"
             rows = hub_dataset(_DATA, data_path, name, hf_config, split)

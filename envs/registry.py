@@ -60,7 +60,9 @@ def make_env(env_id: str, **kwargs) -> gymnasium.Env:
     resolve_env_id(env_id)
     try:
         return gymnasium.make(env_id, **kwargs)
-    except TypeError as exc:  # an unknown constructor argument
+    except TypeError as exc:
+        if "argument" not in str(exc):  # not a bad constructor argument: a bug in the env, keep its traceback
+            raise
         raise ValueError(f"cannot make env {env_id!r} with {kwargs}: {exc}") from None
 
 

@@ -432,7 +432,7 @@ def _draw(variants: tuple[str, ...], split: str, index: int, attempt: int) -> tu
 
 
 @functools.lru_cache(maxsize=None)
-def splits(variants: tuple[str, ...], num_test_tasks: int) -> DisjointSplits:
+def task_splits(variants: tuple[str, ...], num_test_tasks: int) -> DisjointSplits:
     """The train/test splits of one setting (shared by its envs: the test keys are computed once)."""
     return DisjointSplits(functools.partial(_draw, variants), key=lambda d: [d[0], d[1]], test_size=num_test_tasks)
 
@@ -485,10 +485,10 @@ class ToolCallEnv(ChatToolEnv):
         self.variants = tuple(dict.fromkeys(variants))
         self.num_test_tasks = num_test_tasks
         self.num_tasks = num_test_tasks if split == "test" else None
-        self.splits = splits(self.variants, num_test_tasks)
+        self._tasks = task_splits(self.variants, num_test_tasks)
 
     def make_task(self, index: int) -> Task:
-        request, gold, calls, offered, variant = self.splits.task(self.split, index)
+        request, gold, calls, offered, variant = self._tasks.task(self.split, index)
         text = format_tool_calls(calls, self.tool_format)
         system = f"{SYSTEM_PROMPT} {format_hint(self.tool_format)}"
         return Task(

@@ -267,28 +267,25 @@ class ChatRenderer:
         )
 
     def conversation_segments(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-                              tool_format: str = "hermes",
-                              action_ids: Sequence[Sequence[int]] | None = None) -> list[tuple[str, list[int]]]:
+                              tool_format: str = "hermes") -> list[tuple[str, list[int]]]:
         """``[(kind, ids)]`` of a whole conversation, built turn by turn as the collector builds it:
         ``("prompt", ...)`` up to the first assistant turn, then per assistant turn an ``"action"``
-        (``action_ids[j]`` when given, else the canonical ``encode(text) + [eot_id]``) and, when the
-        environment answered, an ``"observation"`` (the template delta of :meth:`observation_ids`).
+        (its canonical ids ``encode(text) + [eot_id]``) and, when the environment answered, an
+        ``"observation"`` (the template delta of :meth:`observation_ids`).
         """
         assistant_at = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
         if not assistant_at:
             return [("prompt", self.prompt_ids(messages, tools, tool_format=tool_format))]
         segs = [("prompt", self.prompt_ids(messages[:assistant_at[0]], tools, tool_format=tool_format))]
         for j, a in enumerate(assistant_at):
-            given = action_ids is not None and j < len(action_ids)
-            segs.append(("action", list(action_ids[j]) if given else self.encode(messages[a]["content"]) + [self.eot_id]))
+            segs.append(("action", self.encode(messages[a]["content"]) + [self.eot_id]))
             new = list(messages[a + 1: assistant_at[j + 1] if j + 1 < len(assistant_at) else len(messages)])
             if new:
                 segs.append(("observation", self.observation_ids(messages[: a + 1], new, tools, tool_format=tool_format)))
         return segs
 
     def render_conversation(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, *,
-                            tool_format: str = "hermes",
-                            action_ids: Sequence[Sequence[int]] | None = None) -> tuple[list[int], list[int]]:
+                            tool_format: str = "hermes") -> tuple[list[int], list[int]]:
         """``(input_ids, action_mask)`` of a whole conversation: the mask is 1 on assistant turns' ids
         (their end-of-turn token included), 0 on the prompt and the environment's messages.
 
@@ -301,7 +298,7 @@ class ChatRenderer:
         """
         ids: list[int] = []
         mask: list[int] = []
-        for kind, seg in self.conversation_segments(messages, tools, tool_format=tool_format, action_ids=action_ids):
+        for kind, seg in self.conversation_segments(messages, tools, tool_format=tool_format):
             ids += seg
             mask += [int(kind == "action")] * len(seg)
         return ids, mask

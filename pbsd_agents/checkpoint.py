@@ -117,7 +117,7 @@ def load_weights(model, ckpt: Path) -> None:
         raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def load_any(model: str, *, device: str | None = "auto", dtype=None, lora_r: int = 0, frozen_teacher: bool = True):
+def load_any(model: str, *, device: str | None = "auto", dtype=None, frozen_teacher: bool = True):
     """A :class:`~pbsd_agents.models.Policy` from a model id/path, ``'default'``, or a training checkpoint.
 
     A LoRA checkpoint is loaded on its base model (named in its trainer state, else in its adapter config).
@@ -126,7 +126,7 @@ def load_any(model: str, *, device: str | None = "auto", dtype=None, lora_r: int
 
     path = Path(model)
     if not (path / "adapter_config.json").exists():
-        return load_policy(model, lora_r=lora_r, device=device, dtype=dtype, frozen_teacher=frozen_teacher)
+        return load_policy(model, device=device, dtype=dtype, frozen_teacher=frozen_teacher)
     from peft import PeftModel
 
     from .models import Policy

@@ -24,10 +24,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from pbsd_agents.envs.base import RESET_INFO_KEYS
+
 __all__ = ["Conversation", "Episode", "play", "play_oracle"]
 
-# Reset-info keys every env reports; everything else in reset info is the task's own (``Episode.task_info``).
-CONTRACT_INFO_KEYS = ("tools", "privileged", "task_id", "index", "tool_format")
 VIEWS = ("student", "teacher")
 
 
@@ -67,7 +67,8 @@ class Episode:
 
     Attributes:
         conversation: the :class:`Conversation` so far (both views).
-        info: the reset info; ``task_info`` is its env-specific part (e.g. a BFCL category).
+        info: the reset info; ``task_info`` is its env-specific part (e.g. a BFCL category: the
+            keys outside the contract's ``RESET_INFO_KEYS``; JSON values, they go into the trajectory).
         turns, reward, success, truncated, done, parse_errors: the outcome so far.
         last_step: the env's last ``step()`` result ``(obs, reward, terminated, truncated, info)``.
     """
@@ -93,7 +94,7 @@ class Episode:
 
     @property
     def task_info(self) -> dict[str, Any]:
-        return {k: v for k, v in self.info.items() if k not in CONTRACT_INFO_KEYS}
+        return {k: v for k, v in self.info.items() if k not in RESET_INFO_KEYS}
 
     def privileged_in_student_view(self) -> bool:
         """True when the privileged text shows in the student's initial messages (a broken env)."""
@@ -125,8 +126,10 @@ class Episode:
         """Add the env's new messages to the conversation (both views)."""
         self.conversation.add(messages)
 
-    def cut(self) -> None:
-        """End the episode from outside (a turn or token limit): truncated, reward 0."""
+    def cut(self, *, unfinished_turn: bool = False) -> None:
+        """End the episode from outside (a turn or token limit): truncated, reward 0.
+        ``unfinished_turn``: a turn was generated but never finished (it counts in ``turns``)."""
+        self.turns += int(unfinished_turn)
         self.truncated, self.done = True, True
 
     def play(self, turns: Iterable[str] | Callable[["Episode"], str | None], *, max_turns: int | None = None) -> "Episode":

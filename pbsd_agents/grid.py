@@ -11,8 +11,6 @@ Example:
     >>> results, failed = run_grid({"a": {"x": 1}, "b": {"x": 2}}, dict, d, quiet=True)
     >>> results["b"], failed
     ({'x': 2}, [])
-    >>> parse_kv(["beta=0.1", "pair-filter=verifier"], "--algo-arg")
-    {'beta': 0.1, 'pair_filter': 'verifier'}
 """
 
 from __future__ import annotations
@@ -23,20 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["parse_kv", "run_grid", "train"]
-
-
-def parse_kv(items: list[str] | None, flag: str) -> dict:
-    """``["k=v", ...]`` into a dict, each value read as YAML (numbers, booleans, lists); ``-`` in keys becomes ``_``."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
-    return out
+__all__ = ["run_grid", "train"]
 
 
 def train(config: dict) -> tuple[dict, float]:

@@ -23,7 +23,7 @@ class Policy:
         model: a transformers causal LM, or a ``peft`` model wrapping one.
         tokenizer: its tokenizer (with a chat template), or None for a model used without text.
         renderer: the :class:`~pbsd_agents.chat.ChatRenderer` of ``tokenizer``; built from it when
-            not given (pass one to set its end-of-turn token).
+            not given and the tokenizer has a chat template (pass one to set its end-of-turn token).
         frozen_teacher: for full fine-tuning, keep a frozen copy of the initial weights as the teacher.
             Ignored for a peft model (the base weights are the teacher). When False and not LoRA,
             the teacher is the live model (a "moving teacher").
@@ -41,7 +41,7 @@ class Policy:
     def __init__(self, model, tokenizer, *, renderer=None, frozen_teacher: bool = True):
         self.model = model
         self.tokenizer = tokenizer
-        if renderer is None and tokenizer is not None:
+        if renderer is None and getattr(tokenizer, "chat_template", None):  # scoring alone needs no template
             from .chat import ChatRenderer
 
             renderer = ChatRenderer(tokenizer)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .runlog import read_jsonl
 
-__all__ = ["plot_run", "read_jsonl"]
+__all__ = ["plot_run"]
 
 # Panels: (title, metric keys from metrics.jsonl). Keys a run does not log are skipped.
 TRAIN_PANELS = [

@@ -260,8 +260,7 @@ class Collector:
         ep.used += len(ids)
         episode = ep.episode
         if not finished:  # cut by max_new_tokens or the token budget: the env never sees half a turn
-            episode.turns += 1  # an unfinished turn still counts as generated
-            episode.cut()
+            episode.cut(unfinished_turn=True)
             return
         obs = episode.step(text)
         if episode.done:

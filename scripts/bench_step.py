@@ -13,7 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from pbsd_agents.plotting import read_jsonl
+from pbsd_agents.runlog import read_jsonl
 from pbsd_agents.trainer import TrainConfig, Trainer
 
 ALGOS = {"pbsd": {}, "opsd": {}, "grpo": {"group_size": 2}, "sft": {"only_successful": False}}

@@ -48,7 +48,7 @@ def run_one(run: dict) -> dict:
     from transformers.utils import logging
 
     from pbsd_agents.grid import train
-    from pbsd_agents.plotting import read_jsonl
+    from pbsd_agents.runlog import read_jsonl
 
     logging.disable_progress_bar()
     _, wall_s = train(run["config"])

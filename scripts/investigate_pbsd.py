@@ -101,7 +101,7 @@ def run_curves(runs_dir: Path, envs: list[str], png: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pbsd_agents.plotting import read_jsonl
+    from pbsd_agents.runlog import read_jsonl
 
     keys = ("h_pos", "h_neg", "logp_pos", "logp_neg", "pair_accuracy")
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.4), squeeze=False)

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from pbsd_agents.algorithms.pbsd import PBSDConfig
-    from pbsd_agents.grid import parse_kv, run_grid
+    from pbsd_agents.cli.common import parse_kv
+    from pbsd_agents.grid import run_grid
     from pbsd_agents.trainer import TrainConfig
 
     try:

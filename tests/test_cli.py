@@ -82,10 +82,11 @@ def test_eval_defaults_come_from_the_checkpoints_run(tmp_path):
     (ckpt / "trainer_state.json").write_text(json.dumps({"step": 4, "trajectories": 32}))
     (run / "config.yaml").write_text(yaml.safe_dump({
         "env": "pbsd/ToolCall-v0", "env_kwargs": {"max_turns": 3}, "eval_env_kwargs": {"split": "dev"},
-        "max_new_tokens": 12, "max_tokens": 40, "seed": 5, "temperature": 0.7, "an_old_key": 1}))
+        "max_new_tokens": 12, "max_tokens": 40, "seed": 5, "temperature": 0.7, "eval_tasks": 16, "pass_k": 2,
+        "an_old_key": 1}))
     s = settings(_eval_args(ckpt))
     assert s == {"env": "pbsd/ToolCall-v0", "env_kwargs": {"max_turns": 3, "split": "dev"}, "temperature": 0.7,
-                 "max_new_tokens": 12, "max_tokens": 40, "seed": 5}
+                 "num_tasks": 16, "pass_k": 2, "max_new_tokens": 12, "max_tokens": 40, "seed": 5}
     s = settings(_eval_args(ckpt, "--max-tokens", "99", "--split", "test", "--env-arg", "max_turns=4", "--seed", "0"))
     assert s["max_tokens"] == 99 and s["env_kwargs"] == {"max_turns": 4, "split": "test"} and s["seed"] == 0
     # another env does not inherit the run's env arguments
@@ -95,6 +96,7 @@ def test_eval_defaults_come_from_the_checkpoints_run(tmp_path):
 
     plain = settings(_eval_args(tmp_path / "some-model"))
     assert plain["env"] == TrainConfig().env and plain["max_new_tokens"] == TrainConfig().max_new_tokens
+    assert (plain["num_tasks"], plain["pass_k"]) == (100, 0)
 
 
 def test_envs_lists_a_users_env_too(user_env, capsys):

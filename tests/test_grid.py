@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pbsd_agents.grid import parse_kv, run_grid
+from pbsd_agents.cli.common import parse_kv
+from pbsd_agents.grid import run_grid
 
 
 def square(spec: dict) -> dict:

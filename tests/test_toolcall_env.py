@@ -115,22 +115,23 @@ def test_bad_arguments():
 def test_splits_sizes_and_disjointness():
     test_env, train_env = ToolCallEnv(split="test"), ToolCallEnv(split="train")
     assert test_env.num_tasks == 200 and train_env.num_tasks is None
-    assert test_env.splits is train_env.splits  # one setting, one set of test keys
-    test_fps = test_env.splits.test_keys()
+    assert test_env._tasks is train_env._tasks  # one setting, one set of test keys
+    assert test_env.splits == ("train", "test")  # the contract's split names stay the class attribute
+    test_fps = test_env._tasks.test_keys()
     assert len(test_fps) > 190  # the test tasks are (almost all) distinct
     for i in range(2000):
         task = train_env.make_task(i * 7919)
-        assert train_env.splits.fingerprint((task.messages[1]["content"], task.gold)) not in test_fps
+        assert train_env._tasks.fingerprint((task.messages[1]["content"], task.gold)) not in test_fps
 
 
 def test_train_draw_that_equals_a_test_task_is_redrawn(monkeypatch):
     env = ToolCallEnv(split="train")
-    real = env.splits.draw
+    real = env._tasks.draw
 
     def draw(split, index, attempt):  # the only test task is train draw (5, 0)
         return real("train", 5, 0) if split == "test" else real(split, index, attempt)
 
-    monkeypatch.setattr(env, "splits", DisjointSplits(draw, env.splits.key, test_size=1))
+    monkeypatch.setattr(env, "_tasks", DisjointSplits(draw, env._tasks.key, test_size=1))
     request, gold, *_ = real("train", 5, 0)
     task = env.make_task(5)
     assert task.messages[1]["content"] != request or task.gold != gold

@@ -129,7 +129,6 @@ def test_eval_of_a_final_checkpoint_repeats_the_trainers_last_evaluation(tiny_mo
     Trainer(small(tiny_model, out, steps=1, max_new_tokens=4, env_kwargs={"max_turns": 2})).train()
     last = read(out / "eval.jsonl")[-1]
     capsys.readouterr()
-    # env, its arguments, token limits and seed come from the run's config.yaml
-    assert cli_main(["eval", "--model", str(out / "checkpoints" / "step_000001"), "--n", "2", "--pass-k", "2",
-                     "--no-progress"]) == 0
+    # env, its arguments, task count, pass@k, token limits and seed come from the run's config.yaml
+    assert cli_main(["eval", "--model", str(out / "checkpoints" / "step_000001"), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out) == last

@@ -74,8 +74,8 @@ class PairScores:
     """PBSD's per-pair quantities for some (y+, y-) pairs; student sums keep their graph.
 
     ``logp_*``: Σ log π_θ over action tokens (student view); ``h_*``: h(y) of the module docstring
-    (length-normalised when configured); ``token_logp_pos`` / ``token_gap_pos``: per-token
-    log π_θ of each y+ and its gap log π_θ − log π_T.
+    (length-normalised when configured); ``token_logp_pos`` / ``token_teacher_pos``: per-token
+    log π_θ and log π_T of each y+.
     """
 
     pairs: list
@@ -84,7 +84,7 @@ class PairScores:
     h_pos: torch.Tensor
     h_neg: torch.Tensor
     token_logp_pos: list[torch.Tensor]
-    token_gap_pos: list[torch.Tensor]
+    token_teacher_pos: list[torch.Tensor]
     teacher_score_s: float
 
 
@@ -137,7 +137,7 @@ class PBSD(Algorithm):
         return PairScores(
             pairs=pairs, logp_pos=lp_student[0::2], logp_neg=lp_student[1::2], h_pos=h[0::2], h_neg=h[1::2],
             token_logp_pos=tok_student[0::2],
-            token_gap_pos=[(s - t).detach() for s, t in zip(tok_student[0::2], tok_teacher[0::2])],
+            token_teacher_pos=tok_teacher[0::2],
             teacher_score_s=teacher_s,
         )
 
@@ -170,7 +170,8 @@ class PBSD(Algorithm):
             identical_pairs=sum(p.action_ids == n.action_ids for p, n in pairs),
         )
         if cfg.log_gap_every and batch.step % cfg.log_gap_every == 0 and policy.tokenizer is not None:
-            metrics["gap_tokens"] = _gap_text(policy.tokenizer, pairs[0][0].action_ids, sc.token_gap_pos[0])
+            gaps = (sc.token_logp_pos[0] - sc.token_teacher_pos[0]).detach()
+            metrics["gap_tokens"] = _gap_text(policy.tokenizer, pairs[0][0].action_ids, gaps)
         return loss, metrics
 
     def after_step(self, step: int, policy: Policy) -> None:

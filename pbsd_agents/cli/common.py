@@ -1,4 +1,4 @@
-"""Pieces shared by the subcommands: the user-error type, help formatting, env checks, model loading.
+"""Pieces shared by the subcommands: the user-error type, help formatting, ``K=V`` flags, env checks, model loading.
 
 Nothing here imports torch or transformers: ``--help`` must stay fast.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CLIError", "HelpFormatter", "check_env", "load_model", "quiet_transformers"]
+__all__ = ["CLIError", "HelpFormatter", "load_model", "parse_kv", "probe_env", "quiet_transformers"]
 
 
 class CLIError(Exception):
@@ -26,7 +26,26 @@ class HelpFormatter(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def check_env(env_id: str, env_kwargs: dict) -> int | None:
+def parse_kv(items: list[str] | None, flag: str) -> dict:
+    """Repeated ``K=V`` flags (``--algo-arg``, ``--env-arg``) as a dict; values are read as YAML
+    (numbers, booleans, lists) and ``-`` in keys becomes ``_``.
+
+    Example:
+        >>> parse_kv(["beta=0.1", "pair-filter=verifier"], "--algo-arg")
+        {'beta': 0.1, 'pair_filter': 'verifier'}
+    """
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def probe_env(env_id: str, env_kwargs: dict) -> int | None:
     """Make the env once, before any model loads: a bad id or argument fails here as one line.
     Returns the split's number of tasks (None: procedural)."""
     from ..envs.registry import count_tasks, resolve_env_id

@@ -1,8 +1,8 @@
 """``pbsd-agents eval``: the trainer's held-out evaluation, on any model or checkpoint.
 
 The result is printed as JSON with the keys of a run's ``eval.jsonl``. For a training checkpoint,
-the env, its arguments, the token limits and the seed default to its run's ``config.yaml``, so a
-run's final checkpoint is scored as the trainer scored it.
+the env, its arguments, the number of tasks, pass@k, the token limits and the seed default to its
+run's ``config.yaml``, so a run's final checkpoint is scored as the trainer scored it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import dataclasses
 import json
 
 from ..config import TrainConfig
-from ..grid import parse_kv
-from .common import CLIError, check_env, load_model
+from .common import CLIError, load_model, parse_kv, probe_env
 
 HELP = "evaluate a model or checkpoint on held-out tasks"
 DESCRIPTION = ("Greedy success (and with --pass-k, T=1 success and pass@k), each with a 95% interval, of a model or "
@@ -25,11 +24,12 @@ _D = TrainConfig()
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=_D.model, help="model id/path, training checkpoint folder, or 'default'")
     p.add_argument("--env", default=None, help=f"environment id (default: the run's, else {_D.env})")
-    p.add_argument("--n", type=int, default=100, help="tasks (the first n of the split)")
+    p.add_argument("--n", type=int, default=None, help="tasks, the first n of the split (default: the run's eval_tasks, else 100)")
     p.add_argument("--split", default=None, help="split to evaluate on (default: the run's eval split, else test)")
     p.add_argument("--env-arg", action="append", metavar="K=V", default=[],
                    help="env constructor argument, over the run's (repeatable)")
-    p.add_argument("--pass-k", type=int, default=0, help="also sample k per task at --temperature for pass@k")
+    p.add_argument("--pass-k", type=int, default=None,
+                   help="also sample k per task at --temperature for pass@k (default: the run's pass_k, else 0)")
     p.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default: the run's, else {_D.temperature})")
     p.add_argument("--max-new-tokens", type=int, default=None, help=f"tokens per turn (default: the run's, else {_D.max_new_tokens})")
     p.add_argument("--max-tokens", type=int, default=None, help=f"tokens per trajectory (default: the run's, else {_D.max_tokens})")
@@ -56,6 +56,8 @@ def settings(args: argparse.Namespace) -> dict:
         env_kwargs["split"] = args.split
     pick = lambda flag, field: getattr(cfg, field) if flag is None else flag  # noqa: E731
     return {"env": env, "env_kwargs": env_kwargs, "temperature": pick(args.temperature, "temperature"),
+            "num_tasks": args.n if args.n is not None else (cfg.eval_tasks if run else 100),
+            "pass_k": args.pass_k if args.pass_k is not None else (cfg.pass_k if run else 0),
             "max_new_tokens": pick(args.max_new_tokens, "max_new_tokens"),
             "max_tokens": pick(args.max_tokens, "max_tokens"), "seed": pick(args.seed, "seed")}
 
@@ -64,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("n", "max_new_tokens", "max_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.pass_k < 0:
+    if args.pass_k is not None and args.pass_k < 0:
         raise CLIError(f"--pass-k must be >= 0, got {args.pass_k}")
     s = settings(args)
-    check_env(s["env"], s["env_kwargs"])
+    probe_env(s["env"], s["env_kwargs"])
 
     from .. import checkpoint
     from ..evaluation import Evaluation
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..trajectory import save_jsonl
 
     state = checkpoint.read_state(args.model) if checkpoint.is_checkpoint(args.model) else {}
-    evaluation = Evaluation(num_tasks=args.n, pass_k=args.pass_k, view=args.view, **s)
+    evaluation = Evaluation(view=args.view, **s)
     policy = load_model(args.model, device=args.device, frozen_teacher=False)  # nothing trains: no frozen copy
     collector = Collector.for_policy(policy, engine=args.engine, progress=not args.no_progress)
     row, greedy = evaluation.run(collector, step=state.get("step", 0), trajectories=state.get("trajectories", 0))

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from .common import CLIError, check_env, load_model
+from .common import CLIError, load_model, probe_env
 
 HELP = "collect trajectories with a model and write them as JSON lines"
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--env-kwargs must be a JSON object")
     if args.split is not None:
         env_kwargs["split"] = args.split
-    num_tasks = check_env(args.env, env_kwargs)
+    num_tasks = probe_env(args.env, env_kwargs)
     n_tasks = args.n // args.repeat
     if num_tasks is not None and args.start + n_tasks > num_tasks:
         raise CLIError(f"{args.env} has {num_tasks} tasks in this split; --start {args.start} + {n_tasks} tasks is too many")

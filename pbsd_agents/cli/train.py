@@ -10,8 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..grid import parse_kv
-from .common import quiet_transformers
+from .common import parse_kv, quiet_transformers
 
 HELP = "train a policy (PBSD by default); every flag has a default"
 DESCRIPTION = ("Train a policy. `pbsd-agents train` alone runs the main job: PBSD with the embedded tiny model on "

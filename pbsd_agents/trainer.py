@@ -231,15 +231,19 @@ class Trainer:
                                keep_last=cfg.keep_last)
 
     def _restore(self) -> bool:
-        ckpt = checkpoint.latest(self.out / "checkpoints")
-        if ckpt is None:
-            return False
-        state = checkpoint.restore(ckpt, self.policy, self.optimizer, self.scheduler)
-        self.step, self.trajectories = state["step"], state["trajectories"]
-        self.tokens, self.skipped = state["tokens"], state["skipped"]
-        self.log.rewind(self.step)
-        self.log.print(f"resumed from {ckpt} (step {self.step})")
-        return True
+        """Resume from the newest checkpoint that is valid and loads; newer ones are skipped, with the reason."""
+        for ckpt in checkpoint.candidates(self.out / "checkpoints", on_skip=self.log.print):
+            try:
+                state = checkpoint.restore(ckpt, self.policy, self.optimizer, self.scheduler)
+            except ValueError as exc:
+                self.log.print(f"skipping checkpoint {ckpt.name}: {exc}")
+                continue
+            self.step, self.trajectories = state["step"], state["trajectories"]
+            self.tokens, self.skipped = state["tokens"], state["skipped"]
+            self.log.rewind(self.step)
+            self.log.print(f"resumed from {ckpt} (step {self.step})")
+            return True
+        return False
 
 
 def _fmt_eval(e: dict) -> str:

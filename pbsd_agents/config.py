@@ -7,11 +7,17 @@ imports neither torch nor transformers, so the command line can show its help wi
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "default"
 ENGINES = ("hf", "vllm")
 REPORT_TO = ("none", "tensorboard")
+# What may differ from the run's config.yaml on --resume: the budget, the cadences, where and how it reports.
+RESUMABLE = ("steps", "max_trajectories", "max_wall_s", "eval_every", "save_every", "keep_last", "out", "resume",
+             "device", "report_to", "progress")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _opt(default, help_text: str):
@@ -55,12 +61,13 @@ class TrainConfig:
     eval_every: int = _opt(50, "steps between held-out evaluations (0 = only before and after)")
     eval_tasks: int = _opt(64, "held-out tasks per evaluation")
     pass_k: int = _opt(4, "samples per task at the student temperature for pass@k and T=1 success")
-    save_every: int = _opt(50, "steps between checkpoints (0 = only the final one)")
+    save_every: int = _opt(10, "steps between checkpoints (0 = only the final one); a kill loses at most this many")
     keep_last: int = _opt(2, "checkpoints kept")
     out: str = _opt("", "run folder (default runs/<algo>-<env>-<time>); an existing one needs --resume")
-    resume: bool = _opt(False, "continue the run in --out from its last checkpoint, with its config.yaml")
+    resume: bool = _opt(False, "continue the run in --out from its newest valid checkpoint, with its config.yaml; "
+                        f"only {', '.join(RESUMABLE[:-3])}, device, report_to and progress may differ from it")
     seed: int = _opt(0, "random seed (tasks and sampling of every step derive from it)")
-    device: str = _opt("auto", "auto, cpu or cuda")
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     report_to: str = _opt("none", "also log to: none or tensorboard")
     progress: bool = _opt(True, "show progress bars and messages")
 
@@ -70,10 +77,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from a mapping (YAML, flags); values are coerced to each field's type (``"1e-3"`` is a float)."""
         unknown = sorted(set(d) - set(cls.field_names()))
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(cls.field_names())}")
-        return cls(**d)
+        return cls(**coerce_fields(cls, d, "config"))
 
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` naming the first bad option."""
@@ -88,9 +96,22 @@ class TrainConfig:
             raise ValueError(f"unknown engine {self.engine!r}; valid choices: {', '.join(ENGINES)}")
         if self.report_to not in REPORT_TO:
             raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
-        for name in ("steps", "tasks_per_step", "grad_accum", "max_new_tokens", "max_tokens", "eval_tasks", "pass_k"):
+        coerce_fields(type(self), dataclasses.asdict(self), "config")  # types, for a config built in Python
+        for name in ("steps", "tasks_per_step", "grad_accum", "max_new_tokens", "max_tokens", "eval_tasks", "pass_k",
+                     "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_trajectories", "warmup_steps", "eval_every", "save_every", "lora_r", "lora_alpha",
+                     "max_wall_s", "temperature", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0 or getattr(self, name) == math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+        for name in ("env_kwargs", "eval_env_kwargs", "algo_args"):
+            if any(not isinstance(k, str) or not k.isidentifier() for k in getattr(self, name)):
+                raise ValueError(f"{name} keys must be argument names, got {sorted(map(str, getattr(self, name)))}")
         self.algorithm_config()  # rejects unknown algo_args
 
     def algorithm_config(self):
@@ -101,8 +122,59 @@ class TrainConfig:
         unknown = sorted(set(self.algo_args) - names)
         if unknown:
             raise ValueError(f"unknown {self.algo} option(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return cls(**self.algo_args)
+        return cls(**coerce_fields(cls, self.algo_args, f"{self.algo} option"))
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """The options that differ from a run's saved config and may not change on resume."""
+        return [f"{k}={getattr(self, k)!r} (the run has {saved[k]!r})" for k in self.field_names()
+                if k not in RESUMABLE and k in saved and coerce_fields(type(self), {k: saved[k]}, "")[k] != getattr(self, k)]
 
     def resolved_eval_env_kwargs(self) -> dict:
         """The eval env's constructor arguments: the training ones, ``split="test"``, then ``eval_env_kwargs``."""
         return {**self.env_kwargs, "split": "test", **self.eval_env_kwargs}
+
+
+def coerce_fields(cls, values: dict, what: str) -> dict:
+    """``values`` with each one converted to the type of ``cls``'s field default: ints from integral
+    numbers or digit strings, floats from numbers or numeric strings (YAML reads ``1e-3`` as a string),
+    booleans only as booleans. A value that does not fit is a one-line ``ValueError`` naming the key.
+    """
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        kind = type(defaults[key]) if defaults.get(key) is not None else float  # None defaults are optional numbers
+        out[key] = value if value is None and defaults.get(key) is None else _coerce(key, value, kind, what)
+    return out
+
+
+def _coerce(key: str, value, kind: type, what: str):
+    bad = ValueError(f"{what} {key} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}".strip())
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(value, bool):
+        raise bad
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise bad
+    if kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if not isinstance(value, str):
+            raise bad
+        try:
+            return float(value)
+        except ValueError:
+            raise bad from None
+    if kind is str and not isinstance(value, str):
+        raise bad
+    if kind is dict and not isinstance(value, dict):
+        raise bad
+    return value

@@ -2,13 +2,22 @@
 
 One JSON object per line; a line cut by a kill is dropped when read. On resume, :meth:`RunLog.rewind`
 drops what was written after the restored checkpoint, so the files read as one uninterrupted run.
+While a run writes to a folder it holds the folder's lock (``.lock``, with the writer's pid), so a
+second run on the same folder stops with a one-line error instead of interleaving its logs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on this platform: runs are not locked
+    fcntl = None
 
 __all__ = ["RunLog", "read_jsonl"]
 
@@ -18,12 +27,14 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         if line.strip():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                break
+                continue  # a line cut by a kill: the lines after it are still good
+            if isinstance(row, dict):
+                out.append(row)
     return out
 
 
@@ -35,9 +46,26 @@ class RunLog:
         self.progress = progress
         self.report_to = report_to
         self._writer = None
+        self._lock = None
 
     def open(self) -> None:
+        """Create the folder and take its lock (a ``FileExistsError`` names the run that holds it)."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if fcntl is not None and self._lock is None:
+            lock = open(self.out / ".lock", "a+")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                lock.close()
+                raise FileExistsError(f"{self.out} is being written by another run ({holder}); "
+                                      "wait for it to end or choose another --out") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+            self._lock = lock
         if self.report_to == "tensorboard" and self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -72,10 +100,18 @@ class RunLog:
         if self.progress:
             print(msg, file=sys.stderr, flush=True)
 
+    def clear(self) -> None:
+        """Remove the logs (a run that starts over)."""
+        for name in ("metrics.jsonl", "eval.jsonl", "summary.json"):
+            (self.out / name).unlink(missing_ok=True)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
 
     def _append(self, name: str, row: dict, tag: str) -> None:
         with open(self.out / name, "a") as f:

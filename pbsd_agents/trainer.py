@@ -26,7 +26,7 @@ import yaml
 
 from . import checkpoint
 from .algorithms import ALGORITHMS, Batch, TaskGroup
-from .config import DEFAULT_MODEL, TrainConfig
+from .config import DEFAULT_MODEL, RESUMABLE, TrainConfig
 from .evaluation import Evaluation
 from .plotting import plot_run
 from .runlog import RunLog
@@ -52,7 +52,14 @@ class Trainer:
         self.config = config
         name = f"{config.algo}-{re.split('[/:]', config.env)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out = Path(config.out or f"runs/{name}")
-        if self.out.exists() and any(self.out.iterdir()) and not config.resume:
+        if config.resume:
+            saved = self.out / "config.yaml"
+            if not saved.exists():
+                raise FileNotFoundError(f"--resume: {self.out} holds no run to resume (no config.yaml there)")
+            conflicts = config.resume_conflicts(yaml.safe_load(saved.read_text()) or {})
+            if conflicts:
+                raise ValueError(f"--resume: {'; '.join(conflicts)}; only {', '.join(RESUMABLE)} may change on resume")
+        elif self.out.exists() and any(self.out.iterdir()):
             raise FileExistsError(f"{self.out} exists; pass --resume to continue it or choose another --out")
         self.log = RunLog(self.out, progress=config.progress, report_to=config.report_to)
 
@@ -62,6 +69,11 @@ class Trainer:
         from .rollout import Collector
 
         cfg = self.config
+        # The envs (and their data) first: a wrong id or data path fails before the model loads.
+        self._num_train_tasks = count_tasks(cfg.env, **cfg.env_kwargs)
+        self.evaluation = Evaluation(cfg.env, cfg.resolved_eval_env_kwargs(), num_tasks=cfg.eval_tasks, pass_k=cfg.pass_k,
+                                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                     max_tokens=cfg.max_tokens, seed=cfg.seed)
         set_seed(cfg.seed)
         self.policy = load_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=resolve_device(cfg.device))
         algo_cls, _ = ALGORITHMS[cfg.algo]
@@ -73,20 +85,23 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = self.trajectories = self.tokens = self.skipped = 0
         self.plan = self.algorithm.plan()
-        self._num_train_tasks = count_tasks(cfg.env, **cfg.env_kwargs)
-        self.evaluation = Evaluation(cfg.env, cfg.resolved_eval_env_kwargs(), num_tasks=cfg.eval_tasks, pass_k=cfg.pass_k,
-                                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                     max_tokens=cfg.max_tokens, seed=cfg.seed)
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def train(self) -> dict:
         cfg, log = self.config, self.log
+        log.open()  # the folder is writable and ours before anything heavy starts
         self.setup()
-        log.open()
         resumed = cfg.resume and self._restore()
+        if cfg.resume and not resumed:
+            log.print(f"no valid checkpoint in {self.out / 'checkpoints'}: the run starts over (its logs are cleared)")
+            log.clear()
         if not resumed:
             log.write("config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        elif self._budget_spent() and (self.out / "summary.json").exists():
+            log.print(f"{self.out} is finished (step {self.step}); nothing to do")
+            log.close()
+            return json.loads((self.out / "summary.json").read_text())
         t0 = time.time()
         eval_before = log.eval_at(0) if resumed else None
         if eval_before is None:
@@ -95,8 +110,8 @@ class Trainer:
         log.print(f"held-out success before training: {_fmt_eval(eval_before)}")
         t_train = time.time()
         bar = _progress(cfg.steps, cfg.progress and not cfg.max_trajectories, initial=self.step)
-        last_eval = eval_before
-        while self.trajectories < cfg.max_trajectories if cfg.max_trajectories else self.step < cfg.steps:
+        last_eval = (log.eval_at(self.step) if resumed else None) or eval_before
+        while not self._budget_spent():
             if cfg.max_wall_s and time.time() - t_train > cfg.max_wall_s:
                 log.print(f"stopping at step {self.step}: --max-wall-s {cfg.max_wall_s:g} reached")
                 break
@@ -120,6 +135,10 @@ class Trainer:
         log.print(f"held-out success after {self.step} steps: {_fmt_eval(last_eval)}")
         return self._finish({"eval_before": eval_before, "eval_after": last_eval, "wall_s": round(time.time() - t0, 2),
                              "skipped_steps": self.skipped, "config": dataclasses.asdict(cfg)})
+
+    def _budget_spent(self) -> bool:
+        cfg = self.config
+        return self.trajectories >= cfg.max_trajectories if cfg.max_trajectories else self.step >= cfg.steps
 
     def _finish(self, summary: dict) -> dict:
         self.log.write("summary.json", json.dumps(summary, indent=2))

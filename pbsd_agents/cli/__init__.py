@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(run(args) or 0)
-    except (CLIError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (CLIError, ValueError, OSError) as exc:  # OSError: a file or folder problem (missing, full disk, in use)
         # Bad input is one line naming what is wrong, not a traceback.
         msg = str(exc).splitlines()[0] if str(exc) else repr(exc)
         print(f"pbsd-agents {args.command}: error: {msg}", file=sys.stderr)

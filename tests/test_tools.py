@@ -144,6 +144,29 @@ def test_slow_tool_times_out_within_the_limit():
     assert 0.15 < elapsed < 1.0
 
 
+def test_hung_tools_are_stopped_and_do_not_slow_later_calls():
+    def spin():
+        while True:  # CPU-bound, never returns: the kind of tool a thread cannot simply abandon
+            pass
+
+    fast = make_add(timeout_s=1.0)
+
+    def fast_calls() -> float:
+        t0 = time.perf_counter()
+        for _ in range(200):
+            fast.call({"a": 1, "b": 2})
+        return time.perf_counter() - t0
+
+    baseline = min(fast_calls() for _ in range(3))
+    hung = Tool("spin", "Spins.", {"type": "object"}, spin, timeout_s=0.05)
+    assert all(hung.call({}).error_type == "timeout" for _ in range(20))
+    deadline = time.time() + 5
+    while any(t.name == "tool-spin" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == "tool-spin"]  # every hung call was stopped
+    assert min(fast_calls() for _ in range(3)) < 5 * baseline  # a ratio: 20 spinning threads would make it ~100x
+
+
 def test_sleeping_tool_returns_timeout_error():
     tool = Tool("nap", "Sleeps.", {"type": "object"}, lambda: time.sleep(3), timeout_s=0.1)
     t0 = time.perf_counter()

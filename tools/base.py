@@ -4,11 +4,18 @@ Arguments are validated with ``jsonschema`` before the call; every call runs und
 its output is cut to a size cap, so a slow or verbose tool cannot stall or flood a rollout. Nothing
 here raises into the caller: a bad call becomes a :class:`ToolResult` with ``ok=False`` and a message
 meant for the model.
+
+A call runs in a thread of this process, because tools share state with their env (a shop's
+database, a file system) that another process would not see. When it runs past its limit the
+caller gets a timeout at once, and the thread is stopped: a :class:`ToolTimeout` is raised inside it
+at its next Python instruction (a tool blocked inside one C call, e.g. ``time.sleep``, stops when that
+call returns). So a hung tool does not keep a core busy and slow the calls after it.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import json
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +25,17 @@ import jsonschema
 
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_MAX_OUTPUT_CHARS = 4000
+
+
+class ToolTimeout(BaseException):
+    """Raised inside a tool's thread when its call ran past the time limit (a BaseException, so a
+    tool's own ``except Exception`` cannot swallow it)."""
+
+
+def _stop(thread: threading.Thread) -> None:
+    """Raise :class:`ToolTimeout` in ``thread`` at its next Python instruction (CPython's async exception)."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ToolTimeout))
 
 
 @dataclass
@@ -114,17 +132,20 @@ class Tool:
         def target() -> None:
             try:
                 box["value"] = self.fn(**arguments)
+            except ToolTimeout:  # stopped by the caller, which has reported the timeout already
+                pass
             except (Exception, SystemExit) as exc:  # a tool's own failure (even sys.exit) is reported to the model
                 box["error"] = exc
 
         if self.timeout_s is None:
             target()
         else:
-            # A daemon thread: a hung tool is abandoned, never joined, so the rollout goes on.
+            # A daemon thread, never joined after a timeout: the rollout goes on while the thread is stopped.
             worker = threading.Thread(target=target, name=f"tool-{self.name}", daemon=True)
             worker.start()
             worker.join(self.timeout_s)
             if worker.is_alive():
+                _stop(worker)
                 return ToolResult(False, f"error: tool '{self.name}' timed out after {self.timeout_s:g}s", "timeout")
         if "error" in box:
             exc = box["error"]

@@ -126,10 +126,18 @@ def _read(path: str | os.PathLike, kind: str) -> Any:
 @functools.lru_cache(maxsize=16)
 def _parse(path: str, mtime_ns: int, size: int, kind: str) -> Any:
     # mtime and size are part of the key, so an edited file is read again
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
     if kind == "json" or text.lstrip().startswith("["):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
     records = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():

@@ -243,6 +243,9 @@ def test_gsm8k_bad_arguments(tmp_path, small_file):
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
         GSM8KEnv(data_path=bad)
+    bad.write_bytes(json.dumps(RECORDS[0]).encode() + b"\n" + b'{"question": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not UTF-8 text"):  # the file and the line are named
+        GSM8KEnv(data_path=bad)
 
 
 def test_gsm8k_hub_name_needs_datasets():

@@ -91,6 +91,7 @@ class Trainer:
     def train(self) -> dict:
         cfg, log = self.config, self.log
         log.open()  # the folder is writable and ours before anything heavy starts
+        self._check_space()
         self.setup()
         resumed = cfg.resume and self._restore()
         if cfg.resume and not resumed:
@@ -135,6 +136,24 @@ class Trainer:
         log.print(f"held-out success after {self.step} steps: {_fmt_eval(last_eval)}")
         return self._finish({"eval_before": eval_before, "eval_after": last_eval, "wall_s": round(time.time() - t0, 2),
                              "skipped_steps": self.skipped, "config": dataclasses.asdict(cfg)})
+
+    def _check_space(self) -> None:
+        """Fail now, not at the first checkpoint, when the run folder's disk cannot hold one: about the
+        weights, plus AdamW's two moments for full fine-tuning (a hub model's size is not known here)."""
+        import shutil
+
+        from .presets import resolve_model
+
+        try:
+            src = Path(resolve_model(self.config.model).path)
+        except (FileNotFoundError, ImportError, ValueError):
+            return  # loading reports it
+        weights = sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in src.glob(pattern)) \
+            if src.is_dir() else 0
+        need = weights // 10 if self.config.lora_r else 3 * weights  # an adapter is a small fraction of the weights
+        free = shutil.disk_usage(self.out).free
+        if need > free:
+            raise OSError(f"{self.out}: {free / 1e6:.0f} MB free, a checkpoint needs about {need / 1e6:.0f} MB")
 
     def _budget_spent(self) -> bool:
         cfg = self.config

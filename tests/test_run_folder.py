@@ -132,3 +132,16 @@ def test_cli_config_errors_are_one_line(tmp_path, capsys):
     assert err == ["pbsd-agents train: error: config steps must be an int, got 'ten'"]
     assert cli_main(["train", "--algo-arg", "beta=oops", "--out", str(tmp_path / "r")]) == 2
     assert "pbsd option beta must be a float, got 'oops'" in capsys.readouterr().err
+
+
+def test_a_disk_without_room_for_a_checkpoint_fails_before_the_model_loads(tiny_model, tmp_path, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    loaded = []
+    monkeypatch.setattr("pbsd_agents.loading.load_policy", lambda *a, **k: loaded.append(1))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"0 MB free, a checkpoint needs about \d+ MB"):
+        Trainer(config(tiny_model, tmp_path / "r")).train()
+    assert not loaded

@@ -2,12 +2,15 @@
 
 import json
 import os
+import re
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pbsd_agents.tools import FORMATS, ParsedCall, ParseError, format_tool_call, format_tool_calls, parse_tool_calls
+from pbsd_agents.tools import parsers
 from pbsd_agents.tools.parsers import MAX_CALL_CHARS, MAX_CALLS
 
 
@@ -387,3 +390,208 @@ def test_call_like_text_never_raises_and_spans_stay_inside(text, fmt):
 )
 def test_huge_and_deep_inputs(text, fmt):
     _check_results(text, fmt)
+
+
+# ---- linear time on pathological inputs ------------------------------------------------------------
+
+
+def _repeat(unit, n):
+    return unit * max(1, n // len(unit))
+
+
+# Each builds a text of about n characters: degenerate model outputs and inputs aimed at each scanning step
+# (code fences, Hermes tags, the shape check of a Python call, JSON/ast decoding, span computation).
+PATHOLOGICAL = {
+    "unclosed fence, spaces": lambda n: "```" + " " * n + "x",
+    "unclosed fence, newlines": lambda n: "```" + "\n" * n + "x",
+    "unclosed json fence, CRLFs": lambda n: "```json" + "\r\n" * (n // 2) + "x",
+    "closed fence, spaces": lambda n: "```" + " " * n + "x```",
+    "python fence, spaces after the call": lambda n: "```py\nf(a=1)" + " " * n,
+    "backticks": lambda n: "`" * n,
+    "fences": lambda n: _repeat("```", n),
+    "fences and newlines": lambda n: _repeat("```\n", n),
+    "spaces": lambda n: " " * n + "x",
+    "newlines": lambda n: "\n" * n + "x",
+    "braces": lambda n: "{" * n,
+    "brackets": lambda n: "[" * n,
+    "parentheses": lambda n: "(" * n,
+    "double quotes": lambda n: '"' * n,
+    "single quotes": lambda n: "'" * n,
+    "backslashes in a string": lambda n: '"' + "\\" * n,
+    "<tool_call> openers": lambda n: _repeat("<tool_call>", n),
+    "</tool_call> closers": lambda n: _repeat("</tool_call>", n),
+    "<tool_call> then spaces": lambda n: "<tool_call>" + " " * n,
+    "<tool_call> of braces": lambda n: "<tool_call>" + "{" * n + "</tool_call>",
+    "nested brackets": lambda n: "[" * (n // 2) + "]" * (n // 2),
+    "nested objects": lambda n: '{"a": ' * (n // 7) + "1" + "}" * (n // 7),
+    "nested call argument": lambda n: "f(a=" + "[" * (n // 2) + "]" * (n // 2) + ")",
+    "[ then spaces then a name": lambda n: "[" + " " * n + "f",
+    "long name, no parenthesis": lambda n: "f" * n + "  x",
+    "name, spaces, name, (": lambda n: "f" + " " * n + "x(",
+    "dotted name of dots": lambda n: "[a" + "." * n,
+    "hermes calls": lambda n: _repeat(format_tool_call("f", {"a": 1}), n),
+    "json calls": lambda n: "[" + _repeat('{"name": "f"}, ', n) + '{"name": "f"}]',
+    "python calls": lambda n: "[" + _repeat("f(a=1), ", n) + "f(a=1)]",
+    "python calls over CRLF lines": lambda n: "[" + _repeat("f(a='é'),\r\n", n) + "f(a=1)]",
+    "json numbers": lambda n: '{"name": "f", "arguments": {"a": [' + _repeat("1e5,", n) + "1]}}",
+}
+
+
+def _min_times(texts, fmt, repeats=5, target_s=0.002):
+    """Best time per parse of each text (same loop count for all, calibrated on the first; samples interleaved)."""
+    number = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            parse_tool_calls(texts[0], fmt)
+        if time.perf_counter() - t0 >= target_s or number >= 1 << 14:
+            break
+        number *= 2
+    best = [float("inf")] * len(texts)
+    for _ in range(repeats):
+        for i, text in enumerate(texts):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                parse_tool_calls(text, fmt)
+            best[i] = min(best[i], (time.perf_counter() - t0) / number)
+    return best
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(PATHOLOGICAL))
+def test_pathological_inputs_parse_in_linear_time(name, fmt):
+    small, large = PATHOLOGICAL[name](10_000), PATHOLOGICAL[name](100_000)
+    assert 9_000 <= len(small) <= 11_000 and 90_000 <= len(large) <= 110_000
+    _check_results(small, fmt)  # nothing raises, spans stay inside
+    _check_results(large, fmt)
+    # Linear work gives a ratio near 10; the quadratic fence regex this replaces gave about 100. A busy machine
+    # can slow every sample of one size, so a high ratio is measured again before it counts.
+    for _ in range(3):
+        t_small, t_large = _min_times([small, large], fmt)
+        if t_large / t_small < 30:
+            break
+    assert t_large / t_small < 30, (name, fmt, t_small, t_large)
+
+
+@pytest.mark.parametrize("fmt", ["json", "python"])
+def test_unclosed_fence_is_no_call(fmt):
+    text = "```json" + " " * 100_000 + "x"
+    assert parse_tool_calls(text, fmt) == []
+
+
+def test_hermes_stops_decoding_at_the_call_cap(monkeypatch):
+    block = format_tool_call("f", {"a": 1})
+    decoded = []
+    loads = parsers._loads
+    monkeypatch.setattr(parsers, "_loads", lambda payload: decoded.append(1) or loads(payload))
+    text = block * 100_000
+    results = parse_tool_calls(text)
+    assert len(decoded) == MAX_CALLS
+    assert all(isinstance(r, ParsedCall) for r in results[:MAX_CALLS]) and len(results) == MAX_CALLS + 1
+    assert f"{100_000 - MAX_CALLS} over the limit" in results[-1].message
+    assert results[-1].span == (MAX_CALLS * len(block), len(text))
+    monkeypatch.undo()
+    # so 100 k calls take about as long as 65 (the old parser was ~2000x slower on them)
+    for _ in range(3):
+        t_few, t_many = _min_times([block * (MAX_CALLS + 1), text], "hermes")
+        if t_many / t_few < 60:
+            break
+    assert t_many / t_few < 60, (t_few, t_many)
+
+
+def test_hermes_call_cap_counts_unclosed_and_bad_blocks():
+    good, bad, unclosed = '<tool_call>{"name": "f"}</tool_call>', "<tool_call>{oops</tool_call>", '<tool_call>{"name": "g"'
+    text = good * MAX_CALLS + "x " + bad + unclosed + good + unclosed
+    results = parse_tool_calls(text)
+    assert len(results) == MAX_CALLS + 1 and "4 over the limit" in results[-1].message
+    assert results[-1].span == (MAX_CALLS * len(good) + 2, len(text))
+    text = good * MAX_CALLS + bad + unclosed + good + " tail"
+    assert parse_tool_calls(text)[-1].span == (MAX_CALLS * len(good), len(text) - len(" tail"))
+
+
+@pytest.mark.parametrize("fmt", ["json", "python"])
+@pytest.mark.parametrize("layout", ["plain", "fenced"])
+def test_json_and_python_lists_stop_at_the_call_cap(fmt, layout, monkeypatch):
+    pieces = [format_tool_call("f", {"a": i}, fmt) if i % 7 != 3 else "5" for i in range(MAX_CALLS + 10)]
+    head = "  ```" + ("json" if fmt == "json" else "python") + "\n[" if layout == "fenced" else " \n["
+    text = head + ",\n ".join(pieces) + " \n]" + ("\n```" if layout == "fenced" else "")
+    starts, pos = [], len(head)
+    for piece in pieces:
+        starts.append(pos)
+        pos += len(piece) + len(",\n ")
+    seen = []
+    if fmt == "json":
+        call_from_object = parsers._call_from_object
+        monkeypatch.setattr(parsers, "_call_from_object", lambda o, s: seen.append(1) or call_from_object(o, s))
+    else:
+        literal_eval = parsers.ast.literal_eval
+        monkeypatch.setattr(parsers.ast, "literal_eval", lambda node: seen.append(1) or literal_eval(node))
+    results = parse_tool_calls(text, fmt)
+    assert len(results) == MAX_CALLS + 1 and "10 over the limit" in results[-1].message
+    assert [covered(text, r) for r in results[:MAX_CALLS]] == pieces[:MAX_CALLS]
+    assert results[-1].span == (starts[MAX_CALLS], starts[-1] + len(pieces[-1]))
+    # the rest is never read: json validates the first MAX_CALLS elements, python reads the calls among them
+    assert len(seen) == (MAX_CALLS if fmt == "json" else MAX_CALLS - pieces[:MAX_CALLS].count("5"))
+
+
+# The regexes the scanning replaced: kept as the reference for the fence and call-shape checks.
+OLD_FENCE = re.compile(r"^```(?:json|python|py)?\s*\n?(.*?)\n?```$", re.DOTALL)
+OLD_LOOKS_LIKE_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
+fence_text = st.lists(st.sampled_from(["```", "`", "json", "python", "py", "pyth", "\n", "\r\n", " ", "\t", "\x0c", "\u00a0",
+                                       "\u2028", "x", "{}", "f(a=1)", "[", "(", ".", "_", "é", "\u0661", "²"])
+                      | st.text(max_size=3), max_size=20).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(text=fence_text)
+def test_fence_and_call_shape_scanning_match_the_old_regexes(text):
+    stripped = text.strip()
+    old = OLD_FENCE.match(stripped)
+    assert parsers._fence_body(stripped) == (old.span(1) if old else None)
+    assert parsers._looks_like_call(text) == bool(OLD_LOOKS_LIKE_CALL.match(text))
+    assert parsers._looks_like_call(stripped) == bool(OLD_LOOKS_LIKE_CALL.match(stripped))
+
+
+# ---- non-finite numbers ----------------------------------------------------------------------------------
+
+NON_FINITE = ["1e309", "-1e400", "NaN", "Infinity", "-Infinity", "1" + "0" * 400 + ".5"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE, ids=lambda n: n[:10])
+@pytest.mark.parametrize("where", ["arguments", "nested", "arguments string"])
+@pytest.mark.parametrize("fmt", ["hermes", "json"])
+def test_json_non_finite_numbers_are_refused(number, where, fmt):
+    if where == "arguments":
+        body = '{"name": "f", "arguments": {"a": %s}}' % number
+    elif where == "nested":
+        body = '{"name": "f", "arguments": {"a": [1, {"b": %s}]}}' % number
+    else:
+        body = json.dumps({"name": "f", "arguments": '{"a": %s}' % number})
+    text = f"<tool_call>{body}</tool_call>" if fmt == "hermes" else body
+    [r] = parse_tool_calls(text, fmt)
+    assert isinstance(r, ParseError), r
+    if number.lstrip("-") in ("NaN", "Infinity"):
+        assert f"{number.lstrip('-')} is not valid JSON" in r.message
+    else:
+        assert "is out of range" in r.message and "numbers must be finite" in r.message and len(r.message) < 200
+        assert number[:10] in r.message
+    assert r.span == (0, len(text))
+
+
+@pytest.mark.parametrize("number", ["1e309", "-1e400", "1" + "0" * 400 + ".5"], ids=lambda n: n[:10])
+def test_python_non_finite_numbers_are_refused(number):
+    for text in [f"f(a={number})", f"f(b=1, a=[1, {{'k': ({number},)}}])"]:
+        [r] = parse_tool_calls(text, "python")
+        assert isinstance(r, ParseError) and "f: argument 'a' is not a finite number" in r.message, r
+    for name in ["NaN", "Infinity", "inf", "nan"]:  # names, not literals
+        [r] = parse_tool_calls(f"f(a={name})", "python")
+        assert isinstance(r, ParseError) and "not a literal" in r.message
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_large_finite_numbers_still_parse(fmt):
+    args = {"a": 1e308, "b": -1.7976931348623157e308, "c": 10**400, "d": 5e-324}
+    [r] = parse_tool_calls(format_tool_call("f", args, fmt), fmt)
+    assert isinstance(r, ParsedCall) and r.arguments == args
+    [r] = parse_tool_calls(format_tool_call("f", {"x": 0}, fmt).replace("0", "1e-400"), fmt)
+    assert isinstance(r, ParsedCall) and r.arguments == {"x": 0.0}

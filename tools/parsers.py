@@ -11,7 +11,13 @@ Three formats:
 
 A turn with no call attempt parses to ``[]`` (a final answer); a call attempt that cannot be read
 gives a :class:`ParseError` whose ``span`` points at the offending characters, so it can be fed back
-to the model, penalised or masked.
+to the model, penalised or masked. Numbers must be finite: ``NaN``, ``Infinity`` and numbers that
+overflow a float (``1e309``) are parse errors in every format.
+
+Parsing is linear in the length of the text, whatever the model wrote: fences and the shape of a
+Python call are recognised by plain string scanning (no backtracking regex), a call longer than
+:data:`MAX_CALL_CHARS` is refused before it is decoded, and reading stops after :data:`MAX_CALLS`
+calls (the rest are only counted, for the one error that reports them).
 """
 
 from __future__ import annotations
@@ -82,12 +88,7 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[ParsedCall | ParseE
         [ParsedCall(name='add', arguments={'a': 1, 'b': 'x'}, span=(0, 15))]
     """
     _check_format(fmt)
-    results = _PARSERS[fmt](text)
-    if len(results) > MAX_CALLS:
-        rest = (results[MAX_CALLS].span[0], max(r.span[1] for r in results[MAX_CALLS:]))
-        extra = len(results) - MAX_CALLS
-        results = results[:MAX_CALLS] + [ParseError(f"too many tool calls in one turn: {extra} over the limit of {MAX_CALLS} ignored", rest)]
-    return results
+    return _PARSERS[fmt](text)  # each parser reads at most MAX_CALLS calls and reports the rest as one error
 
 
 def format_tool_call(name: str, arguments: dict, fmt: str = "hermes") -> str:
@@ -133,7 +134,7 @@ def _call_from_object(obj: Any, span: tuple[int, int]) -> ParsedCall | ParseErro
     arguments = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(arguments, str):  # OpenAI-style models often send arguments as a JSON string
         try:
-            arguments = json.loads(arguments, parse_constant=_no_constant) if arguments.strip() else {}
+            arguments = _json_loads(arguments) if arguments.strip() else {}
         except (ValueError, RecursionError) as exc:  # ValueError also covers ints over Python's digit limit
             return ParseError(f'"arguments" is a string that is not valid JSON: {exc}', span)
     if not isinstance(arguments, dict):
@@ -141,18 +142,71 @@ def _call_from_object(obj: Any, span: tuple[int, int]) -> ParsedCall | ParseErro
     return ParsedCall(name, arguments, span)
 
 
+def _too_many(extra: int, span: tuple[int, int]) -> ParseError:
+    """The one error that stands for every call attempt after the first :data:`MAX_CALLS`."""
+    return ParseError(f"too many tool calls in one turn: {extra} over the limit of {MAX_CALLS} ignored", span)
+
+
 def _no_constant(name: str) -> Any:
     # NaN/Infinity are not JSON; letting them through would put invalid JSON into trajectories.
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    # 1e309 is valid JSON syntax but decodes to inf: as invalid downstream as a bare Infinity.
+    value = float(literal)
+    if not math.isfinite(value):
+        shown = literal if len(literal) <= 40 else literal[:20] + "..." + literal[-10:]
+        raise ValueError(f"number {shown} is out of range (it overflows to {value}); numbers must be finite")
+    return value
+
+
+def _json_loads(payload: str) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and numbers overflowing a float (ValueError)."""
+    return json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def _loads(payload: str) -> Any:
     if len(payload) > MAX_CALL_CHARS:
         raise ValueError(f"tool call too long ({len(payload)} chars, limit {MAX_CALL_CHARS})")
     try:
-        return json.loads(payload, parse_constant=_no_constant)
+        return _json_loads(payload)
     except RecursionError:
         raise ValueError("tool call nested too deeply") from None
+
+
+_FENCE_MARK = "```"
+_FENCE_TAGS = ("json", "python", "py")  # tried in this order ("python" before its prefix "py")
+
+
+def _fence_body(stripped: str) -> tuple[int, int] | None:
+    r"""``(start, end)`` of the code inside a Markdown fence that makes up all of ``stripped``, else None.
+
+    ``stripped`` has no surrounding whitespace. The opening fence may carry a json/python/py tag; the
+    whitespace after it, and one newline before the closing fence, are not part of the code. Plain
+    string scanning, linear in the length (the regex it replaces, ``^```(?:json|python|py)?\s*\n?(.*?)\n?```$``,
+    gives the same code span but backtracks quadratically on an opening fence that is never closed).
+
+    Example:
+        >>> text = "```json\n{}\n```"
+        >>> start, end = _fence_body(text)
+        >>> text[start:end]
+        '{}'
+        >>> _fence_body("```" + " " * 5) is None
+        True
+    """
+    if len(stripped) < 2 * len(_FENCE_MARK) or not (stripped.startswith(_FENCE_MARK) and stripped.endswith(_FENCE_MARK)):
+        return None
+    start, end = len(_FENCE_MARK), len(stripped) - len(_FENCE_MARK)
+    for tag in _FENCE_TAGS:
+        if stripped.startswith(tag, start):  # a tag is letters, so it never runs into the closing backticks
+            start += len(tag)
+            break
+    inner = stripped[start:end]
+    start += len(inner) - len(inner.lstrip())  # str.isspace is exactly regex \s
+    if start < end and stripped[end - 1] == "\n":
+        end -= 1
+    return start, end
 
 
 # ---- hermes ------------------------------------------------------------------------------------
@@ -167,6 +221,10 @@ def _parse_hermes(text: str) -> list[ParsedCall | ParseError]:
     while True:
         start = text.find(_OPEN, pos)
         if start < 0:
+            break
+        if len(results) == MAX_CALLS:
+            # Every opening tag from here on starts one attempt (tags cannot overlap): count them unread.
+            results.append(_too_many(text.count(_OPEN, start), (start, _last_block_end(text))))
             break
         body_start = start + len(_OPEN)
         if end == -2 or 0 <= end < body_start:
@@ -192,18 +250,26 @@ def _parse_hermes(text: str) -> list[ParsedCall | ParseError]:
     return results
 
 
+def _last_block_end(text: str) -> int:
+    """Where the attempt opened by the last ``<tool_call>`` ends: after its closing tag, else at the end."""
+    body_start = text.rfind(_OPEN) + len(_OPEN)
+    end = text.find(_CLOSE, body_start)
+    return end + len(_CLOSE) if end >= 0 else len(text)
+
+
 # ---- bare JSON ---------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```(?:json|python|py)?\s*\n?(.*?)\n?```$", re.DOTALL)
+_JSON_BLANKS = " \t\n\r"  # the whitespace JSON allows between tokens
+_JSON_SEPARATORS = _JSON_BLANKS + ","
 
 
 def _parse_json(text: str) -> list[ParsedCall | ParseError]:
     stripped = text.strip()
-    offset = text.find(stripped) if stripped else 0
-    fence = _FENCE.match(stripped)
+    offset = len(text) - len(text.lstrip())
+    fence = _fence_body(stripped)
     if fence:
-        offset += fence.start(1)
-        stripped = fence.group(1)
+        offset += fence[0]
+        stripped = stripped[fence[0] : fence[1]]
     if not stripped or stripped[0] not in "[{":
         return []
     span = (offset, offset + len(stripped))
@@ -211,28 +277,55 @@ def _parse_json(text: str) -> list[ParsedCall | ParseError]:
         obj = _loads(stripped)
     except (json.JSONDecodeError, ValueError) as exc:
         return [ParseError(f"invalid JSON tool call: {exc}", span)]
-    if isinstance(obj, list):
-        return [_call_from_object(o, s) for o, s in zip(obj, _element_spans(stripped, offset))]
-    return [_call_from_object(obj, span)]
+    if not isinstance(obj, list):
+        return [_call_from_object(obj, span)]
+    spans = _element_spans(stripped, offset, limit=MAX_CALLS + 1)
+    results = [_call_from_object(o, s) for o, s in zip(obj[:MAX_CALLS], spans)]
+    if len(obj) > MAX_CALLS:
+        # The array is valid JSON: its last element ends at the last non-blank before the closing "]".
+        last_end = offset + len(stripped.rstrip(_JSON_BLANKS)[:-1].rstrip(_JSON_BLANKS))
+        results.append(_too_many(len(obj) - MAX_CALLS, (spans[MAX_CALLS][0], last_end)))
+    return results
 
 
-def _element_spans(array_text: str, offset: int) -> list[tuple[int, int]]:
-    """Spans of the elements of a JSON array already known to be valid, so each call points at itself."""
+def _element_spans(array_text: str, offset: int, limit: int) -> list[tuple[int, int]]:
+    """Spans of the first ``limit`` elements of a JSON array already known to be valid, so each call points at itself."""
     decoder, spans = json.JSONDecoder(), []
     pos = 1  # after "["
-    while True:
-        while pos < len(array_text) and array_text[pos] in " \t\n\r,":
+    while len(spans) < limit:
+        while pos < len(array_text) and array_text[pos] in _JSON_SEPARATORS:
             pos += 1
         if pos >= len(array_text) or array_text[pos] == "]":
-            return spans
+            break
         _, end = decoder.raw_decode(array_text, pos)
         spans.append((offset + pos, offset + end))
         pos = end
+    return spans
 
 
 # ---- python call syntax ------------------------------------------------------------------------
 
-_LOOKS_LIKE_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
+_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+
+
+def _looks_like_call(text: str) -> bool:
+    r"""Whether ``text`` starts like a call or a list of calls: ``[``? blanks, a dotted name, blanks, ``(``.
+
+    Plain string scanning, linear (the same test as the regex ``^\[?\s*[A-Za-z_][\w.]*\s*\(``).
+
+    Example:
+        >>> _looks_like_call("[ math.area (r=1)]"), _looks_like_call("x = f(a=1)"), _looks_like_call("So f(2) = 4.")
+        (True, False, False)
+    """
+    rest = (text[1:] if text.startswith("[") else text).lstrip()
+    if not rest or rest[0] not in _NAME_START:
+        return False
+    paren = rest.find("(")
+    if paren < 0:
+        return False
+    # Between the first letter and "(": word characters and dots, then blanks only (\w is str.isalnum or "_").
+    name_tail = rest[1:paren].rstrip().replace(".", "").replace("_", "")
+    return not name_tail or name_tail.isalnum()
 
 
 def _dotted_name(node: ast.AST) -> str | None:
@@ -248,12 +341,14 @@ def _dotted_name(node: ast.AST) -> str | None:
 
 def _parse_python(text: str) -> list[ParsedCall | ParseError]:
     stripped = text.strip()
-    fence = _FENCE.match(stripped)
+    offset = len(text) - len(text.lstrip())
+    fence = _fence_body(stripped)
     if fence:
-        stripped = fence.group(1).strip()
-    if not _LOOKS_LIKE_CALL.match(stripped):
+        inner = stripped[fence[0] : fence[1]]
+        stripped = inner.strip()
+        offset += fence[0] + len(inner) - len(inner.lstrip())
+    if not _looks_like_call(stripped):
         return []
-    offset = max(text.find(stripped), 0)
     span = (offset, offset + len(stripped))
     if len(stripped) > MAX_CALL_CHARS:
         return [ParseError(f"tool call too long ({len(stripped)} chars, limit {MAX_CALL_CHARS})", span)]
@@ -271,10 +366,13 @@ def _parse_python(text: str) -> list[ParsedCall | ParseError]:
         line = stripped[start : start + col]  # a byte offset is never below the char offset
         return offset + start + len(line.encode("utf-8", "surrogatepass")[:col].decode("utf-8", "ignore"))
 
-    for node in nodes:
-        node_span = span
-        if getattr(node, "end_lineno", None) is not None:
-            node_span = (char_pos(node.lineno, node.col_offset), char_pos(node.end_lineno, node.end_col_offset))
+    def span_of(node: ast.AST) -> tuple[int, int]:
+        if getattr(node, "end_lineno", None) is None:
+            return span
+        return (char_pos(node.lineno, node.col_offset), char_pos(node.end_lineno, node.end_col_offset))
+
+    for node in nodes[:MAX_CALLS]:
+        node_span = span_of(node)
         if not isinstance(node, ast.Call):
             results.append(ParseError("expected a function call like f(a=1)", node_span))
             continue
@@ -299,9 +397,19 @@ def _parse_python(text: str) -> list[ParsedCall | ParseError]:
             except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
                 error = f"{name}: argument {kw.arg!r} is not a literal value"
                 break
-            arguments[kw.arg] = _to_json_like(value)
+            try:
+                arguments[kw.arg] = _to_json_like(value)
+            except _NotFinite as exc:
+                error = f"{name}: argument {kw.arg!r} {exc}"
+                break
         results.append(ParseError(error, node_span) if error else ParsedCall(name, arguments, node_span))
+    if len(nodes) > MAX_CALLS:  # elements come in source order: the rest ends where the last one does
+        results.append(_too_many(len(nodes) - MAX_CALLS, (span_of(nodes[MAX_CALLS])[0], span_of(nodes[-1])[1])))
     return results
+
+
+class _NotFinite(ValueError):
+    pass
 
 
 def _to_json_like(value: Any) -> Any:
@@ -310,8 +418,8 @@ def _to_json_like(value: Any) -> Any:
         return [_to_json_like(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _to_json_like(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # inf/nan are not JSON
+    if isinstance(value, float) and not math.isfinite(value):  # 1e309 is a literal for inf; inf is not JSON
+        raise _NotFinite(f"is not a finite number (a literal that overflows a float gives {value})")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)  # bytes, complex, Ellipsis: kept visible but never JSON-invalid

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["bench_envs", "bench_generate", "bench_step", "build_default_model", "compare_methods", "investigate_pbsd",
+SCRIPTS = ["bench_envs", "bench_generate", "bench_parsers", "bench_step", "build_default_model", "compare_methods", "investigate_pbsd",
            "make_tiny_model", "sweep_default", "template_drift"]
 
 

@@ -96,7 +96,8 @@ class TrainConfig:
             raise ValueError(f"unknown engine {self.engine!r}; valid choices: {', '.join(ENGINES)}")
         if self.report_to not in REPORT_TO:
             raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
-        coerce_fields(type(self), dataclasses.asdict(self), "config")  # types, for a config built in Python
+        for key, value in coerce_fields(type(self), dataclasses.asdict(self), "config").items():
+            setattr(self, key, value)  # a config built in Python gets the same types as one read from YAML
         for name in ("steps", "tasks_per_step", "grad_accum", "max_new_tokens", "max_tokens", "eval_tasks", "pass_k",
                      "keep_last"):
             if getattr(self, name) < 1:

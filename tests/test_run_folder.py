@@ -117,6 +117,12 @@ def test_bad_config_values_are_one_line_errors(values, message):
         TrainConfig.from_dict(values).validate()
 
 
+def test_a_config_built_in_python_gets_the_same_types():
+    cfg = TrainConfig(lr="1e-3", save_every="3")
+    cfg.validate()
+    assert (cfg.lr, cfg.save_every) == (0.001, 3)
+
+
 def test_numbers_are_coerced_by_the_fields_type(tmp_path):
     # PyYAML reads 1e-3 (no dot) as a string: the field's type decides
     loaded = yaml.safe_load("lr: 1e-3\nsave_every: '2'\nalgo_args: {beta: 1e-3, teacher_temperature: 0}\n")

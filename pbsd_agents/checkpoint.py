@@ -61,6 +61,8 @@ def save(ckpt_dir: Path, step: int, policy, optimizer, scheduler, state: dict, k
         shutil.rmtree(stale, ignore_errors=True)
     name = f"step_{step:06d}"
     final = ckpt_dir / name
+    if final.exists() and verify(final) is None:  # this step is saved already (a resumed run that had finished)
+        return final
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
     try:
         tmp.mkdir()
@@ -79,7 +81,7 @@ def save(ckpt_dir: Path, step: int, policy, optimizer, scheduler, state: dict, k
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    older = [p for p in sorted(ckpt_dir.glob("step_*")) if _step_of(p) is not None and _step_of(p) < step]
+    older = sorted((p for p in ckpt_dir.glob("step_*") if _step_of(p) is not None and _step_of(p) < step), key=_step_of)
     for old in older[: max(len(older) - (max(keep_last, 1) - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -92,8 +94,12 @@ def verify(ckpt: Path) -> str | None:
         sums = json.loads((ckpt / MANIFEST).read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return "no readable manifest.json (an incomplete write, or a checkpoint of an older version)"
-    if not isinstance(sums, dict) or STATE not in sums:
-        return "its manifest does not list trainer_state.json"
+    present = {f.name for f in ckpt.iterdir() if f.is_file()} - {MANIFEST}
+    if not isinstance(sums, dict) or set(map(str, sums)) != present:
+        return "its manifest does not list exactly the files in the folder"
+    required = [STATE, "optimizer.pt", "scheduler.pt", "rng_state.pt"]
+    if any(name not in present for name in required) or not any(n.endswith(".safetensors") for n in present):
+        return "it lacks weights or training state"
     for name, digest in sums.items():
         path = ckpt / str(name)
         if "/" in str(name) or not path.is_file():
@@ -112,7 +118,7 @@ def verify(ckpt: Path) -> str | None:
 def candidates(ckpt_dir: Path, on_skip: Callable[[str], None] | None = None) -> Iterator[Path]:
     """The valid checkpoints in ``ckpt_dir`` (see :func:`verify`), newest first; each folder passed
     over is reported to ``on_skip`` with the reason."""
-    for ckpt in sorted((p for p in Path(ckpt_dir).glob("step_*") if p.is_dir()), reverse=True):
+    for ckpt in sorted((p for p in Path(ckpt_dir).glob("step_*") if _step_of(p) is not None), key=_step_of, reverse=True):
         problem = verify(ckpt)
         if problem is None:
             yield ckpt

@@ -127,8 +127,13 @@ class TrainConfig:
 
     def resume_conflicts(self, saved: dict) -> list[str]:
         """The options that differ from a run's saved config and may not change on resume."""
+        def same(key: str) -> bool:
+            if key == "algo_args" and saved.get("algo") == self.algo:  # "1e-3" and 0.001 are the same option value
+                return TrainConfig(algo=self.algo, algo_args=saved[key]).algorithm_config() == self.algorithm_config()
+            return coerce_fields(type(self), {key: saved[key]}, "")[key] == getattr(self, key)
+
         return [f"{k}={getattr(self, k)!r} (the run has {saved[k]!r})" for k in self.field_names()
-                if k not in RESUMABLE and k in saved and coerce_fields(type(self), {k: saved[k]}, "")[k] != getattr(self, k)]
+                if k not in RESUMABLE and k in saved and not same(k)]
 
     def resolved_eval_env_kwargs(self) -> dict:
         """The eval env's constructor arguments: the training ones, ``split="test"``, then ``eval_env_kwargs``."""

@@ -88,7 +88,9 @@ class RunLog:
         for name in ("metrics.jsonl", "eval.jsonl"):
             rows, seen = [], set()
             for r in read_jsonl(self.out / name):
-                if r.get("step", 0) <= step and not (name == "eval.jsonl" and r["step"] in seen):
+                if not isinstance(r.get("step"), int):
+                    continue  # not a row of this kit's
+                if r["step"] <= step and not (name == "eval.jsonl" and r["step"] in seen):
                     seen.add(r.get("step"))
                     rows.append(r)
             (self.out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -59,7 +59,7 @@ class Trainer:
             conflicts = config.resume_conflicts(yaml.safe_load(saved.read_text()) or {})
             if conflicts:
                 raise ValueError(f"--resume: {'; '.join(conflicts)}; only {', '.join(RESUMABLE)} may change on resume")
-        elif self.out.exists() and any(self.out.iterdir()):
+        elif self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):  # a lock alone: setup failed
             raise FileExistsError(f"{self.out} exists; pass --resume to continue it or choose another --out")
         self.log = RunLog(self.out, progress=config.progress, report_to=config.report_to)
 
@@ -89,13 +89,22 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     def train(self) -> dict:
+        try:
+            return self._train()
+        finally:
+            self.log.close()  # releases the folder's lock however the run ends
+
+    def _train(self) -> dict:
         cfg, log = self.config, self.log
         log.open()  # the folder is writable and ours before anything heavy starts
         self._check_space()
         self.setup()
         resumed = cfg.resume and self._restore()
         if cfg.resume and not resumed:
-            log.print(f"no valid checkpoint in {self.out / 'checkpoints'}: the run starts over (its logs are cleared)")
+            if any((self.out / "checkpoints").glob("step_*")):
+                raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'} verifies and loads (reasons above); "
+                                 "remove that folder to start the run over")
+            log.print(f"no checkpoint in {self.out / 'checkpoints'}: the run starts over (its logs are cleared)")
             log.clear()
         if not resumed:
             log.write("config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

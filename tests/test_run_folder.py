@@ -62,8 +62,30 @@ def test_resume_before_the_first_checkpoint_starts_over_with_clean_logs(tiny_mod
     shutil.rmtree(run / "checkpoints")  # killed at step 1: logs written, no checkpoint yet
     (run / "summary.json").unlink()
     Trainer(config(tiny_model, run, resume=True, progress=True)).train()
-    assert "no valid checkpoint" in capsys.readouterr().err
+    assert "no checkpoint in" in capsys.readouterr().err
     assert logged(run, "metrics.jsonl") == [1, 2, 3, 4] and logged(run, "eval.jsonl") == [0, 4]
+
+
+def test_resume_with_no_usable_checkpoint_is_an_error_not_a_restart(tiny_model, run):
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / checkpoint.MANIFEST).unlink()  # e.g. checkpoints of an older version: never silently discarded
+    with pytest.raises(ValueError, match="no checkpoint in .* verifies and loads"):
+        Trainer(config(tiny_model, run, resume=True, steps=6)).train()
+    assert logged(run, "metrics.jsonl") == [1, 2, 3, 4]
+
+
+def test_a_failed_start_leaves_a_folder_that_can_be_used_again(tiny_model, tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match="missing.jsonl"):
+        Trainer(config(tiny_model, out, env="pbsd/GSM8K-v0", env_kwargs={"data_path": str(tmp_path / "missing.jsonl")})).train()
+    assert [p.name for p in out.iterdir()] == [".lock"]
+    Trainer(config(tiny_model, out, steps=1))  # a lock alone is not a run: a fresh start is accepted
+    trainer = Trainer(config(tiny_model, tmp_path / "r2", steps=1))
+    with pytest.raises(ValueError):
+        trainer.config.env_kwargs["data_path"] = "x"  # an unknown argument for MathCalc: setup fails
+        trainer.train()
+    trainer.config.env_kwargs.clear()
+    trainer.train()  # the same process retries: the lock was released
 
 
 def test_resume_after_a_mid_run_checkpoint_drops_later_rows_and_keeps_a_cut_line_local(tiny_model, run):
@@ -80,7 +102,8 @@ def test_resume_after_a_mid_run_checkpoint_drops_later_rows_and_keeps_a_cut_line
 def test_resume_refuses_conflicting_options_and_accepts_a_new_budget(tiny_model, run):
     with pytest.raises(ValueError, match=r"--resume: lr=0.5 \(the run has 0.0001\); seed=3 \(the run has 0\); only steps"):
         Trainer(config(tiny_model, run, resume=True, lr=0.5, seed=3))
-    Trainer(config(tiny_model, run, resume=True, steps=6, eval_every=3)).train()
+    # an option given again with the same value, spelled differently, is no conflict
+    Trainer(config(tiny_model, run, resume=True, steps=6, eval_every=3, algo_args={"beta": "0.1"})).train()
     assert logged(run, "metrics.jsonl") == [1, 2, 3, 4, 5, 6]
 
 
@@ -215,6 +238,9 @@ def test_altered_or_inconsistent_checkpoints_are_skipped(run):
     (newest / checkpoint.STATE).write_text(json.dumps({**state, "tokens": "many"}))
     reseal(newest)
     assert "non-negative integers" in checkpoint.verify(newest)
+    (newest / "model-extra.safetensors").write_bytes(b"unlisted")
+    reseal(newest)  # resealing keeps the listed names: the extra file stays unlisted
+    assert "does not list exactly the files" in checkpoint.verify(newest)
     (newest / checkpoint.MANIFEST).unlink()
     assert "no readable manifest.json" in checkpoint.verify(newest)
 

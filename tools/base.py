@@ -18,6 +18,7 @@ import copy
 import ctypes
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -128,14 +129,20 @@ class Tool:
         if problem is not None:
             return ToolResult(False, f"error: invalid arguments for tool '{self.name}': {problem}", "invalid_arguments")
         box: dict[str, Any] = {}
+        finished = threading.Lock()  # held by whoever decides first: the tool finishing, or the caller stopping it
 
         def target() -> None:
             try:
-                box["value"] = self.fn(**arguments)
+                try:
+                    box["value"] = self.fn(**arguments)
+                except (Exception, SystemExit) as exc:  # a tool's own failure (even sys.exit) is reported to the model
+                    box["error"] = exc
+                if finished.acquire(blocking=False):
+                    return
+                while True:  # the caller is stopping this call: its ToolTimeout arrives here, inside the handler
+                    time.sleep(0.001)
             except ToolTimeout:  # stopped by the caller, which has reported the timeout already
                 pass
-            except (Exception, SystemExit) as exc:  # a tool's own failure (even sys.exit) is reported to the model
-                box["error"] = exc
 
         if self.timeout_s is None:
             target()
@@ -145,8 +152,10 @@ class Tool:
             worker.start()
             worker.join(self.timeout_s)
             if worker.is_alive():
-                _stop(worker)
-                return ToolResult(False, f"error: tool '{self.name}' timed out after {self.timeout_s:g}s", "timeout")
+                if finished.acquire(blocking=False):  # the tool has not finished: stop it (it can no longer finish)
+                    _stop(worker)
+                    return ToolResult(False, f"error: tool '{self.name}' timed out after {self.timeout_s:g}s", "timeout")
+                worker.join()  # it finished just now: its result is in the box
         if "error" in box:
             exc = box["error"]
             return ToolResult(False, self._cap(f"error: {type(exc).__name__}: {exc}"), "tool_error")

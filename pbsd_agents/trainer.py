@@ -110,7 +110,6 @@ class Trainer:
             log.write("config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         elif self._budget_spent() and (self.out / "summary.json").exists():
             log.print(f"{self.out} is finished (step {self.step}); nothing to do")
-            log.close()
             return json.loads((self.out / "summary.json").read_text())
         t0 = time.time()
         eval_before = log.eval_at(0) if resumed else None
@@ -174,7 +173,6 @@ class Trainer:
             plot_run(self.out)
         except Exception as exc:  # a plotting problem must not lose a finished run
             self.log.print(f"warning: could not draw curves.png: {exc}")
-        self.log.close()
         self.log.print(f"run folder: {self.out}")
         return summary
 

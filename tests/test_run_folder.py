@@ -80,9 +80,8 @@ def test_a_failed_start_leaves_a_folder_that_can_be_used_again(tiny_model, tmp_p
         Trainer(config(tiny_model, out, env="pbsd/GSM8K-v0", env_kwargs={"data_path": str(tmp_path / "missing.jsonl")})).train()
     assert [p.name for p in out.iterdir()] == [".lock"]
     Trainer(config(tiny_model, out, steps=1))  # a lock alone is not a run: a fresh start is accepted
-    trainer = Trainer(config(tiny_model, tmp_path / "r2", steps=1))
-    with pytest.raises(ValueError):
-        trainer.config.env_kwargs["data_path"] = "x"  # an unknown argument for MathCalc: setup fails
+    trainer = Trainer(config(tiny_model, tmp_path / "r2", steps=1, env_kwargs={"data_path": "x"}))
+    with pytest.raises(ValueError, match="cannot make env"):  # an unknown argument for MathCalc: setup fails
         trainer.train()
     trainer.config.env_kwargs.clear()
     trainer.train()  # the same process retries: the lock was released

@@ -11,7 +11,7 @@ Every engine follows one contract (:class:`Engine`), checked by one test suite:
 Greedy decoding (``temperature=0``) samples from a point mass, whose log-probabilities say nothing;
 the engines report the model's temperature-1 log-probabilities of the chosen ids instead.
 
-Engines: :class:`HFEngine` (transformers ``generate``; CPU or GPU; the default) and
+Engines: :class:`HFEngine` (transformers models, CPU or GPU, decoded by the kit's own cached loop; the default) and
 :class:`VLLMEngine` (vLLM, GPU only, optional extra ``vllm``; experimental: not yet verified on a GPU).
 
 Example:
@@ -30,13 +30,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence, runtime_checkable
 
-__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "cut_at_stop"]
+__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "cut_at_stop", "sample_logits"]
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,42 @@ def cut_at_stop(ids: Sequence[int], logprobs: Sequence[float], stop_ids: Sequenc
 # ---- transformers ------------------------------------------------------------------------------
 
 
-class _Sampler:
-    """A logits processor that does the sampling itself and records the log-probability of each pick.
+def sample_logits(logits, sampling: SamplingParams, generator=None):
+    """Draw one token per row from ``softmax(logits / T)`` with optional top-k/top-p.
 
-    ``generate`` runs greedy (no warpers of its own); this processor, placed last, draws the token
-    from softmax(logits / T) with optional top-k/top-p, keeps its log-probability, and returns
-    scores whose argmax is that token. So the log-probabilities are exactly those of the
-    distribution sampled from, whatever transformers' defaults or the model's generation config say.
+    Returns ``(token [B, 1], logprob [B])``: the log-probability of each pick under the distribution
+    it was drawn from. Greedy (``T=0``) takes the argmax and reports its temperature-1 log-probability.
+    """
+    import torch
+
+    logits = logits.float()
+    s = sampling
+    if s.greedy:
+        logp = torch.log_softmax(logits, dim=-1)
+        token = logits.argmax(dim=-1, keepdim=True)
+    else:
+        logits = logits / s.temperature
+        if s.top_k:
+            kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if s.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            # drop a token when the mass before it already reaches top_p (the first one always stays)
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= s.top_p
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)
+        token = _inverse_cdf_sample(logp, generator)
+    return token, logp.gather(-1, token).squeeze(-1)
+
+
+class _Sampler:
+    """A logits processor for ``generate`` that samples with :func:`sample_logits` and records log-probabilities.
+
+    ``generate`` runs greedy (no warpers of its own); this processor, placed last, draws the token,
+    keeps its log-probability, and returns scores whose argmax is that token, so transformers'
+    defaults and the model's generation config never change what is sampled.
     """
 
     def __init__(self, sampling: SamplingParams, generator=None):
@@ -129,26 +160,8 @@ class _Sampler:
     def __call__(self, input_ids, scores):
         import torch
 
-        logits = scores.float()
-        s = self.sampling
-        if s.greedy:
-            logp = torch.log_softmax(logits, dim=-1)
-            token = logits.argmax(dim=-1, keepdim=True)
-        else:
-            logits = logits / s.temperature
-            if s.top_k:
-                kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            if s.top_p < 1.0:
-                sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-                probs = torch.softmax(sorted_logits, dim=-1)
-                # drop a token when the mass before it already reaches top_p (the first one always stays)
-                drop_sorted = (probs.cumsum(dim=-1) - probs) >= s.top_p
-                drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-                logits = logits.masked_fill(drop, float("-inf"))
-            logp = torch.log_softmax(logits, dim=-1)
-            token = _inverse_cdf_sample(logp, self.generator)
-        self.logprobs.append(logp.gather(-1, token).squeeze(-1))
+        token, logprob = sample_logits(scores, self.sampling, self.generator)
+        self.logprobs.append(logprob)
         # a new tensor (not scores.fill_): generate() may keep the scores it passed in (output_logits)
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
@@ -188,26 +201,35 @@ def _plain_generation_config(model):
 
 
 class HFEngine:
-    """Batched generation with transformers ``generate`` (CPU or GPU).
+    """Batched generation from a transformers model (CPU or GPU).
 
     Args:
         policy: a :class:`~pbsd_agents.models.Policy` (``teacher=True`` generates with
             ``policy.teacher()``: the frozen copy, or the base model with LoRA adapters off).
-        batch_size: most prompts per ``generate`` call (prompts are grouped by length to limit padding).
+        batch_size: most prompts per forward batch (prompts are grouped by length to limit padding).
         stop_ids: ids that end a turn; default: ``policy.renderer.stop_ids``.
         pad_id: id used for left padding (default: the tokenizer's pad id, else the first stop id).
+        decode: ``"cached"`` (default): the kit's own loop over the model's modules with a
+            preallocated key/value cache (:mod:`~pbsd_agents.decoding`), for Llama-style decoders,
+            falling back to ``generate`` for other architectures; ``"generate"``: transformers
+            ``generate`` with the kit's sampler as its last logits processor (the previous engine,
+            kept for comparison).
 
     Prompts are left-padded; each row is cut at its first stop token, which is kept as the last id.
-    Sampling is done by a logits processor of this kit (see ``_Sampler``), so ``top_k``/``top_p``
-    defaults of transformers or of the model's generation config never apply.
+    Sampling is done by the kit (:func:`sample_logits`), so ``top_k``/``top_p`` defaults of
+    transformers or of the model's generation config never apply.
     See the module docstring for an example.
     """
 
-    def __init__(self, policy, *, batch_size: int = 64, stop_ids: Sequence[int] | None = None, pad_id: int | None = None):
+    def __init__(self, policy, *, batch_size: int = 64, stop_ids: Sequence[int] | None = None, pad_id: int | None = None,
+                 decode: str = "cached"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if decode not in ("cached", "generate"):
+            raise ValueError(f"decode must be 'cached' or 'generate', got {decode!r}")
         self.policy = policy
         self.batch_size = batch_size
+        self.decode = decode
         if stop_ids is None:
             stop_ids = policy.renderer.stop_ids
         self.stop_ids = tuple(int(i) for i in stop_ids)
@@ -216,6 +238,7 @@ class HFEngine:
         if pad_id is None:
             pad_id = getattr(policy.tokenizer, "pad_token_id", None)
         self.pad_id = int(pad_id) if pad_id is not None else self.stop_ids[0]
+        self._decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams, teacher: bool = False) -> list[Generation]:
         import torch
@@ -236,15 +259,45 @@ class HFEngine:
             generator = None
             if sampling.seed is not None:
                 generator = torch.Generator(device=self._device(model)).manual_seed(int(sampling.seed))
+            from .decoding import supports
+
+            if self.decode == "cached" and supports(model):
+                decoder = self._decoder(model, teacher)
+                decoder.new_call()
+                batch_fn = functools.partial(self._decode_batch, decoder=decoder)
+            else:
+                batch_fn = self._generate_batch
             for start in range(0, len(order), self.batch_size):
                 rows = order[start: start + self.batch_size]
-                for i, gen in zip(rows, self._generate_batch(model, [prompts[i] for i in rows], sampling, generator)):
+                for i, gen in zip(rows, batch_fn(model, [prompts[i] for i in rows], sampling, generator)):
                     results[i] = gen
         return results  # type: ignore[return-value]
 
     @staticmethod
     def _device(model):
         return next(model.parameters()).device
+
+    def _decoder(self, model, teacher: bool):
+        """The model's :class:`~pbsd_agents.decoding.CachedDecoder` for one view (kept: its fused weights
+        and the key/values of the view's last call are reused)."""
+        from .decoding import CachedDecoder
+
+        per_view = self._decoders.setdefault(model, {})
+        if teacher not in per_view:
+            per_view[teacher] = CachedDecoder(model)
+        return per_view[teacher]
+
+    def forget(self) -> None:
+        """Free the key/values kept for reuse by the next call (the collector calls it when a collection ends)."""
+        for per_view in self._decoders.values():
+            for decoder in per_view.values():
+                decoder.forget()
+
+    def _decode_batch(self, model, prompts: list[list[int]], sampling: SamplingParams, generator, decoder) -> list[Generation]:
+        ids, lps = decoder.decode(
+            prompts, lambda logits: sample_logits(logits, sampling, generator),
+            max_new_tokens=sampling.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id)
+        return [cut_at_stop(i, lp, self.stop_ids) for i, lp in zip(ids.tolist(), lps.tolist())]
 
     def _generate_batch(self, model, prompts: list[list[int]], sampling: SamplingParams, generator) -> list[Generation]:
         import torch

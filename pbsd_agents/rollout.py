@@ -235,6 +235,9 @@ class Collector:
                 bar.set_postfix(tokens=generated, active=len(active), refresh=False)
         finally:
             bar.close()
+            forget = getattr(self.engine, "forget", None)
+            if forget is not None:  # key/values kept for the next round are not needed after the last one
+                forget()
         return results  # type: ignore[return-value]
 
     def _start(self, env, env_id: str, order: int, spec, view: str) -> _Rollout:

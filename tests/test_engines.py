@@ -23,6 +23,8 @@ def make_engine(kind, model, tmp_path_factory=None):
     tok = byte_tok()
     if kind == "hf-cpu":
         return HFEngine(Policy(model, tok), stop_ids=renderer_for("byte").stop_ids)
+    if kind == "hf-generate-cpu":  # the previous engine (transformers generate), kept for comparison
+        return HFEngine(Policy(model, tok), stop_ids=renderer_for("byte").stop_ids, decode="generate")
     if kind == "hf-cuda":
         return HFEngine(Policy(copy.deepcopy(model).cuda(), tok), stop_ids=renderer_for("byte").stop_ids)
     if kind == "vllm":
@@ -36,6 +38,7 @@ def make_engine(kind, model, tmp_path_factory=None):
 
 ENGINES = [
     pytest.param("hf-cpu"),
+    pytest.param("hf-generate-cpu"),
     pytest.param("hf-cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]),
     pytest.param("vllm", marks=[pytest.mark.gpu, pytest.mark.skipif(not (HAS_CUDA and HAS_VLLM), reason="needs vLLM and a CUDA GPU")]),
 ]

@@ -1,0 +1,363 @@
+"""Cached decoding for Llama-family decoders: one forward step per generated token, nothing more.
+
+``transformers``' ``generate`` spends most of its time per token on bookkeeping (mask and cache
+objects, output wrappers, logits processors, stopping criteria) that costs far more than the
+arithmetic of a small model. :class:`CachedDecoder` runs the model's own modules (norms,
+projections, rotary embedding, MLP: so LoRA adapters, ``disable_adapter`` and any dtype behave as in
+the model) layer by layer, with a key/value cache allocated once per batch and written in place.
+
+Supported: decoders laid out like Llama (Llama, Qwen2, Qwen3, Mistral without sliding windows,
+SmolLM2...): ``embed_tokens``, ``layers[i].{input_layernorm, self_attn.{q,k,v,o}_proj[, q_norm,
+k_norm], post_attention_layernorm, mlp}``, ``norm``, ``rotary_emb``. :func:`supports` says whether
+a model is one; the engine falls back to ``generate`` otherwise.
+
+Rows are left-padded to a common width, so every row writes the same cache column at each step;
+padded keys are masked. Identical prompts (the k samples of one task) are prefilled once and their
+cache rows copied. Rows that have stopped are dropped from the batch once half of it has stopped.
+
+Example:
+    >>> import torch
+    >>> from pbsd_agents.loading import build_tiny_model, byte_tokenizer
+    >>> model = build_tiny_model(byte_tokenizer(), hidden_size=16, num_layers=1).eval()
+    >>> supports(model)
+    True
+    >>> pick = lambda logits: (logits.argmax(-1, keepdim=True), torch.zeros(len(logits)))
+    >>> ids, lps = CachedDecoder(model).decode([[1, 2, 3], [4, 5]], pick, max_new_tokens=4, stop_ids=[0], pad_id=0)
+    >>> ids.shape, lps.shape
+    (torch.Size([2, 4]), torch.Size([2, 4]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CachedDecoder", "supports"]
+
+_LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
+_ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _parts(model):
+    """``(decoder, lm_head)`` of a causal LM, peft-aware; ``(None, None)`` when the layout is not Llama's."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None:
+        return None, None
+    if not all(hasattr(decoder, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return None, None
+    for layer in decoder.layers:
+        if not all(hasattr(layer, a) for a in _LAYER_PARTS):
+            return None, None
+        if not all(hasattr(layer.self_attn, a) for a in _ATTN_PARTS):
+            return None, None
+    return decoder, head
+
+
+def supports(model) -> bool:
+    """Whether :class:`CachedDecoder` can run ``model`` (a Llama-style decoder with full attention)."""
+    decoder, _ = _parts(model)
+    if decoder is None:
+        return False
+    config = decoder.config
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return False  # sliding-window layers need a rolling cache
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return False
+    return getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _plain_linear(module) -> bool:
+    return type(module) is torch.nn.Linear  # not a LoRA or quantised layer: its weight is the whole map
+
+
+def _rms_eps(module) -> float | None:
+    """The epsilon of a plain RMSNorm module (computed here in one fused op), None for anything else."""
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    plain = type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), torch.Tensor)
+    return float(eps) if plain and isinstance(eps, float) else None
+
+
+class _Layer:
+    """One decoder layer's modules, with its projections fused where they are plain linear maps.
+
+    Fusing q/k/v (and gate/up) turns seven matrix products per layer into four; for a small model,
+    whose every op costs more in dispatch than in arithmetic, that is most of a decode step. The fused
+    weights are copies, rebuilt when an optimizer step has changed the originals.
+    """
+
+    def __init__(self, layer, fuse: bool):
+        self.layer, self.attn, self.mlp = layer, layer.self_attn, layer.mlp
+        a, m = self.attn, self.mlp
+        self.fuse_qkv = fuse and all(_plain_linear(x) for x in (a.q_proj, a.k_proj, a.v_proj))
+        self.fuse_mlp = fuse and all(hasattr(m, x) for x in ("gate_proj", "up_proj", "down_proj", "act_fn")) \
+            and _plain_linear(m.gate_proj) and _plain_linear(m.up_proj)
+        self.norm_eps = (_rms_eps(layer.input_layernorm), _rms_eps(layer.post_attention_layernorm))
+        self._versions = None
+        self.qkv_w = self.qkv_b = self.gate_up_w = None
+
+    def _sources(self):
+        out = []
+        if self.fuse_qkv:
+            out += [self.attn.q_proj, self.attn.k_proj, self.attn.v_proj]
+        if self.fuse_mlp:
+            out += [self.mlp.gate_proj, self.mlp.up_proj]
+        return [t for lin in out for t in (lin.weight, lin.bias) if t is not None]
+
+    def refresh(self) -> None:
+        """(Re)build the fused weights when any source tensor was modified since the last build."""
+        versions = [(id(t), t._version) for t in self._sources()]
+        if versions == self._versions:
+            return
+        a, m = self.attn, self.mlp
+        if self.fuse_qkv:
+            self.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            self.qkv_b = torch.cat(biases).detach() if all(b is not None for b in biases) else None
+            if self.qkv_b is None and any(b is not None for b in biases):
+                self.fuse_qkv = False
+        if self.fuse_mlp:
+            if m.gate_proj.bias is not None or m.up_proj.bias is not None:
+                self.fuse_mlp = False
+            else:
+                self.gate_up_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+        self._versions = versions
+
+    def norm(self, which: int, x):
+        module = (self.layer.input_layernorm, self.layer.post_attention_layernorm)[which]
+        eps = self.norm_eps[which]
+        if eps is None or x.dtype != torch.float32:  # other dtypes: the module's own up-cast arithmetic
+            return module(x)
+        return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
+
+    def mlp_forward(self, x):
+        if not self.fuse_mlp:
+            return self.mlp(x)
+        gate, up = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
+        return self.mlp.down_proj(self.mlp.act_fn(gate) * up)
+
+
+@dataclass
+class _Kept:
+    """Key/values of one decoded row: ``tokens`` sit in ``cache`` row ``row`` from column ``start`` on."""
+
+    tokens: tuple
+    cache: list
+    row: int
+    start: int
+
+
+class CachedDecoder:
+    """Prefill and decode a batch of prompts with a preallocated key/value cache (see the module docstring).
+
+    Args:
+        model: a causal LM for which :func:`supports` is true (a peft wrapper is fine).
+        fuse: fuse plain linear projections (copies of their weights; see ``_Layer``). The default
+            fuses when the layers' weights are under 256 MB: beyond that, arithmetic dominates and the
+            copies would cost memory for little.
+    """
+
+    def __init__(self, model, fuse: bool | None = None):
+        decoder, head = _parts(model)
+        if decoder is None:
+            raise ValueError(f"CachedDecoder: {type(model).__name__} is not a Llama-style decoder")
+        self.decoder, self.head = decoder, head
+        config = decoder.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        if fuse is None:
+            fuse = sum(p.numel() * p.element_size() for p in decoder.layers.parameters()) < 256 * 2**20
+        self.layers = [_Layer(layer, fuse) for layer in decoder.layers]
+        self.params = list(model.parameters())
+        self._kept: list[_Kept] = []  # reusable by this call
+        self._next: list[_Kept] = []  # made by this call, reusable by the next
+        self._kept_stamp: tuple | None = None
+        self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
+
+    def _layer(self, i, lay: _Layer, h, cos, sin, mask, cache, col: int, write):
+        """One decoder layer over columns ``[col, col + width)``; their keys/values go into ``cache``
+        (only where ``write`` is true, when given: the other columns hold kept key/values)."""
+        attn = lay.attn
+        batch, width, _ = h.shape
+        x = lay.norm(0, h)
+        nq, nkv = self.num_heads, self.num_kv_heads
+        if lay.fuse_qkv:
+            qkv = F.linear(x, lay.qkv_w, lay.qkv_b).view(batch, width, nq + 2 * nkv, self.head_dim).transpose(1, 2)
+            q, k, v = qkv.split((nq, nkv, nkv), dim=1)
+        else:
+            q = attn.q_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # Qwen3: norms on each head before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        elif lay.fuse_qkv:  # rotate queries and keys in one go
+            qk = qkv[:, : nq + nkv]
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k = qk.split((nq, nkv), dim=1)
+        if not lay.fuse_qkv or hasattr(attn, "q_norm"):
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        keys, values = cache[i]
+        end = col + width
+        if write is None:
+            keys[:, :, col:end], values[:, :, col:end] = k, v
+        else:
+            keys[:, :, col:end] = torch.where(write, k, keys[:, :, col:end])
+            values[:, :, col:end] = torch.where(write, v, values[:, :, col:end])
+        if mask.dtype == torch.bool:  # a block of queries (prefill)
+            out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
+                                                 scale=attn.scaling, enable_gqa=nkv != nq)
+        else:  # one query per row: two batched products read the cache once (faster than SDPA's kernel here)
+            qg = q.reshape(batch, nkv, nq // nkv, self.head_dim)  # the query heads of each key/value head together
+            scores = torch.matmul(qg, keys[:, :, :end].transpose(2, 3)) * attn.scaling + mask
+            out = torch.matmul(scores.softmax(-1), values[:, :, :end]).view(batch, nq, 1, self.head_dim)
+        h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
+        return h + lay.mlp_forward(lay.norm(1, h))
+
+    def _forward(self, ids, positions, mask, cache, col: int, write=None):
+        """Run ``ids`` (the columns from ``col`` on) and return the last column's hidden states ``[B, hidden]``."""
+        h = self.decoder.embed_tokens(ids)
+        cos, sin = self.decoder.rotary_emb(h, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for i, lay in enumerate(self.layers):
+            h = self._layer(i, lay, h, cos, sin, mask, cache, col, write)
+        return self.decoder.norm(h[:, -1])
+
+    # ---- key/values kept between calls -------------------------------------------------------------
+
+    def _stamp(self) -> tuple:
+        return tuple(p._version for p in self.params)
+
+    def new_call(self) -> None:
+        """Start a new ``generate`` call: what the previous call decoded becomes reusable, older entries go."""
+        stamp = self._stamp()
+        self._kept = self._next if stamp == self._kept_stamp else []  # weights changed: nothing is valid
+        self._next, self._kept_stamp = [], stamp
+
+    def forget(self) -> None:
+        """Drop every kept key/value (frees their memory)."""
+        self._kept, self._next = [], []
+
+    def _reusable(self, prompts: list[tuple]) -> list[tuple[int, _Kept | None]]:
+        """Per prompt, the longest kept sequence it starts with: ``(its length, the entry)`` or ``(0, None)``."""
+        by_length: dict[int, dict[tuple, _Kept]] = {}
+        for e in self._kept:
+            by_length.setdefault(len(e.tokens), {})[e.tokens] = e
+        lengths = sorted(by_length, reverse=True)
+        out = []
+        for p in prompts:
+            # a prompt's last token is always computed: its hidden state predicts the first new token
+            hit = next(((n, by_length[n][p[:n]]) for n in lengths if n < len(p) and p[:n] in by_length[n]), (0, None))
+            out.append(hit)
+        return out
+
+    @torch.no_grad()
+    def decode(self, prompts: Sequence[Sequence[int]], pick: Callable, *, max_new_tokens: int,
+               stop_ids: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate up to ``max_new_tokens`` per prompt.
+
+        ``pick(logits [B, V]) -> (token [B, 1], logprob [B])`` chooses each next token. Returns the
+        generated ids and their log-probabilities, ``[len(prompts), max_new_tokens]`` on the CPU;
+        a row's entries after its first stop id are padding (``pad_id``, 0.0). A prompt that extends
+        a sequence decoded by the previous ``generate`` call (see :meth:`new_call`) reuses its key/values.
+        """
+        device = self.head.weight.device
+        for lay in self.layers:
+            lay.refresh()
+        unique: dict[tuple, int] = {}
+        rows = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        firsts = list(unique)
+        reuse = self._reusable(firsts)
+        width = max(len(p) for p in firsts)
+        batch, total = len(firsts), width + max_new_tokens
+        dtype = self.decoder.embed_tokens.weight.dtype
+        shape = (batch, self.num_kv_heads, total, self.head_dim)
+        # zeros, not empty: padding columns are read (with zero weight) and must hold finite numbers
+        cache = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                 for _ in self.layers]
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        valid = torch.zeros((batch, total), dtype=torch.bool)
+        kept = torch.zeros((batch, width), dtype=torch.bool)
+        fresh = width  # the first column some row must compute
+        for r, (p, (n, entry)) in enumerate(zip(firsts, reuse)):
+            start = width - len(p)
+            ids[r, start:] = torch.tensor(p, dtype=torch.long)
+            valid[r, start:] = True
+            fresh = min(fresh, start + n)
+            if n:
+                kept[r, start:start + n] = True
+                for (k, v), (ek, ev) in zip(cache, entry.cache):
+                    k[r, :, start:start + n] = ek[entry.row, :, entry.start:entry.start + n]
+                    v[r, :, start:start + n] = ev[entry.row, :, entry.start:entry.start + n]
+        ids, valid, kept = ids.to(device), valid.to(device), kept.to(device)
+        self.reused_tokens += sum(n for n, _ in reuse)
+        self.prefill_tokens += sum(len(p) - n for p, (n, _) in zip(firsts, reuse))
+        lengths = valid[:, :width].sum(1)
+        positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+        # columns [fresh, width) are computed; each query sees its row's tokens up to itself, a padded one itself only
+        q_cols = torch.arange(fresh, width, device=device)[:, None]
+        k_cols = torch.arange(width, device=device)[None, :]
+        mask = ((k_cols <= q_cols) & valid[:, None, :width]) | (k_cols == q_cols)
+        write = (~kept[:, fresh:])[:, None, :, None] if bool(kept[:, fresh:].any()) else None
+        hidden = self._forward(ids[:, fresh:], positions[:, fresh:], mask[:, None], cache, fresh, write)
+        # decoding adds this to the attention scores: -inf on padding, 0 on tokens (filled in as they come)
+        bias = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, float("-inf"))
+        if batch < len(prompts):  # prompts that were the same share one prefill
+            index = torch.tensor(rows, device=device)
+            cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
+            hidden, bias, lengths = hidden[index], bias[index], lengths[index]
+        n = len(prompts)
+        out_ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        out_lps = torch.zeros((n, max_new_tokens), device=device)
+        live = torch.arange(n, device=device)  # original row of each batch row
+        stops = torch.tensor(list(stop_ids), device=device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        decoded = []  # (original row, its cache, its batch row, generated tokens fed so far)
+        check = 1 if device.type == "cpu" else 8  # a host sync per check costs on accelerators
+        for step in range(max_new_tokens):
+            token, logprob = pick(self.head(hidden).float())
+            token = token.view(-1)
+            out_ids[live, step] = token
+            out_lps[live, step] = logprob
+            stopped = torch.isin(token, stops) | done
+            if step + 1 == max_new_tokens:
+                break
+            if (step + 1) % check == 0:
+                remaining = int((~stopped).sum())
+                if remaining == 0:
+                    break
+                if remaining <= len(live) // 2:  # drop finished rows (the copy is amortised)
+                    decoded += [(int(live[b]), cache, b, step) for b in stopped.nonzero().view(-1).tolist()]
+                    keep = (~stopped).nonzero().view(-1)
+                    live, token, stopped = live[keep], token[keep], stopped[keep]
+                    cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+                    bias, lengths = bias[keep], lengths[keep]
+            done = stopped
+            col = width + step
+            bias[:, col] = 0.0
+            mask = bias[:, None, None, :col + 1]
+            hidden = self._forward(token[:, None], (lengths + step)[:, None], mask, cache, col)
+        decoded += [(row, cache, b, step) for b, row in enumerate(live.tolist())]
+        # entries after a row's first stop are whatever was sampled while it waited: clear them
+        is_stop = torch.isin(out_ids, stops).long()
+        after = (is_stop.cumsum(1) - is_stop) > 0
+        out_ids[after], out_lps[after] = pad_id, 0.0
+        out_ids, out_lps = out_ids.cpu(), out_lps.cpu()
+        generated = out_ids.tolist()
+        stop_set = set(int(t) for t in stop_ids)
+        for row, row_cache, b, fed in decoded:
+            gen = generated[row]
+            cut = next((j + 1 for j, t in enumerate(gen) if t in stop_set), len(gen))
+            prompt = firsts[rows[row]]
+            self._next.append(_Kept(prompt + tuple(gen[:min(fed, cut)]), row_cache, b, width - len(prompt)))
+        return out_ids, out_lps

@@ -1,0 +1,148 @@
+"""The kit's cached decoder: the same tokens and log-probabilities as transformers, with key/values reused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.support import byte_tok, renderer_for, tiny_model
+
+from pbsd_agents.decoding import CachedDecoder, supports
+from pbsd_agents.engines import HFEngine, SamplingParams
+from pbsd_agents.models import Policy
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [40, 41], [70, 71, 72, 73], [40, 41], [90, 91, 92]]
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+
+
+def _model(kind: str):
+    """A tiny random decoder of each supported layout (GQA, biases or not, per-head norms)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(byte_tok()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if kind == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common)).eval()
+    raise ValueError(kind)
+
+
+def _engines(model, **kwargs):
+    policy = Policy(model, byte_tok(), frozen_teacher=False)
+    stops = renderer_for("byte").stop_ids
+    return HFEngine(policy, stop_ids=stops, **kwargs), HFEngine(policy, stop_ids=stops, decode="generate")
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "qwen3"])
+def test_same_greedy_tokens_and_logprobs_as_generate(kind):
+    model = _model(kind)
+    assert supports(model)
+    cached, reference = _engines(model)
+    a, b = cached.generate(PROMPTS, GREEDY), reference.generate(PROMPTS, GREEDY)
+    assert [g.ids for g in a] == [g.ids for g in b]
+    for x, y in zip(a, b):
+        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+
+
+def test_unfused_projections_decode_alike():
+    model = _model("qwen2")
+    fused, unfused = CachedDecoder(model), CachedDecoder(model, fuse=False)
+    assert fused.layers[0].fuse_qkv and not unfused.layers[0].fuse_qkv
+    pick = lambda logits: (logits.argmax(-1, keepdim=True), torch.zeros(len(logits)))  # noqa: E731
+    args = dict(max_new_tokens=10, stop_ids=[0], pad_id=0)
+    assert torch.equal(fused.decode(PROMPTS, pick, **args)[0], unfused.decode(PROMPTS, pick, **args)[0])
+
+
+def test_lora_student_and_teacher_match_generate():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "gate_proj"]))
+    with torch.no_grad():  # a non-zero adapter, so student and teacher differ
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    cached, reference = _engines(model)
+    for teacher in (False, True):
+        a = cached.generate(PROMPTS, GREEDY, teacher=teacher)
+        b = reference.generate(PROMPTS, GREEDY, teacher=teacher)
+        assert [g.ids for g in a] == [g.ids for g in b]
+    assert [g.ids for g in cached.generate(PROMPTS, GREEDY)] != [g.ids for g in cached.generate(PROMPTS, GREEDY, teacher=True)]
+
+
+def _second_round(first, extra=(60, 61, 62)):
+    """Each prompt extended by its turn and an observation, as the collector builds the next round."""
+    return [p + g.ids + list(extra) for p, g in zip(PROMPTS, first)]
+
+
+def test_a_prompt_that_extends_the_last_call_reuses_its_key_values():
+    model = tiny_model("byte", hidden=32, layers=2, mean_turn=6.0)
+    engine, _ = _engines(model)
+    first = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=12, seed=0))
+    second = _second_round(first)
+    decoder = engine._decoder(model, False)
+    before = decoder.reused_tokens
+    got = engine.generate(second, GREEDY)
+    prompts = {tuple(p) for p in PROMPTS}
+    assert max(len(g.ids) for g in first) > 1
+    assert decoder.reused_tokens - before > sum(map(len, prompts))  # every prompt and some of its turn
+    fresh, _ = _engines(model)
+    want = fresh.generate(second, GREEDY)
+    assert [g.ids for g in got] == [g.ids for g in want]
+    for x, y in zip(got, want):
+        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+
+
+def test_kept_key_values_are_dropped_when_the_weights_change_or_on_forget():
+    model = _model("qwen2")
+    engine, _ = _engines(model)
+    first = engine.generate(PROMPTS, GREEDY)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # an optimizer step does the same: in place
+    decoder = engine._decoder(model, False)
+    before = decoder.reused_tokens
+    got = engine.generate(_second_round(first), GREEDY)
+    assert decoder.reused_tokens == before
+    fresh, _ = _engines(model)
+    assert [g.ids for g in got] == [g.ids for g in fresh.generate(_second_round(first), GREEDY)]
+    engine.forget()
+    engine.generate(_second_round(first, extra=(60,)), GREEDY)
+    assert decoder.reused_tokens == before
+
+
+def test_views_keep_separate_key_values():
+    """With LoRA one model serves both views: a teacher call must not reuse the student's key/values."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    engine, reference = _engines(model)
+    first = engine.generate(PROMPTS, GREEDY)
+    second = _second_round(first)
+    got = engine.generate(second, GREEDY, teacher=True)
+    assert [g.ids for g in got] == [g.ids for g in reference.generate(second, GREEDY, teacher=True)]
+
+
+def test_identical_prompts_are_prefilled_once_and_sampled_apart():
+    model = tiny_model("byte", hidden=32, layers=2, mean_turn=6.0)
+    engine, _ = _engines(model)
+    gens = engine.generate([PROMPTS[0]] * 8, SamplingParams(temperature=1.0, max_new_tokens=12, seed=0))
+    assert engine._decoder(model, False).prefill_tokens == len(PROMPTS[0])
+    assert len({tuple(g.ids) for g in gens}) > 1
+
+
+def test_other_architectures_fall_back_to_generate():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(byte_tok()), n_embd=32, n_layer=1, n_head=2)).eval()
+    assert not supports(model)
+    with pytest.raises(ValueError, match="not a Llama-style decoder"):
+        CachedDecoder(model)
+    cached, reference = _engines(model)
+    assert [g.ids for g in cached.generate(PROMPTS, GREEDY)] == [g.ids for g in reference.generate(PROMPTS, GREEDY)]

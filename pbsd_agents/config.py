@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "default"
-ENGINES = ("hf", "vllm")
+ENGINES = ("hf", "hf-generate", "vllm")
 REPORT_TO = ("none", "tensorboard")
 # What may differ from the run's config.yaml on --resume: the budget, the cadences, where and how it reports.
 RESUMABLE = ("steps", "max_trajectories", "max_wall_s", "eval_every", "save_every", "keep_last", "out", "resume",
@@ -40,7 +40,8 @@ class TrainConfig:
     eval_env_kwargs: dict = _opt({}, "a constructor argument of the eval env, over the training ones (split=test is set)")
     model: str = _opt(DEFAULT_MODEL, "Hugging Face model id or local path, a checkpoint folder, "
                       "or 'default' (the embedded tiny model)")
-    engine: str = _opt("hf", "rollout engine: hf (transformers generate, CPU or GPU) or vllm (GPU, experimental)")
+    engine: str = _opt("hf", "rollout engine: hf (the kit's cached decoding of a transformers model, CPU or GPU), "
+                       "hf-generate (transformers generate: slower, for comparison) or vllm (GPU, experimental)")
     lora_r: int = _opt(0, "LoRA rank; 0 = full fine-tuning, which keeps a frozen copy of the initial weights as the "
                        "teacher (one more copy of the model in memory: ~2 bytes/param in bf16, 4 in fp32)")
     lora_alpha: int = _opt(0, "LoRA alpha (0 = 2 x rank)")

@@ -103,14 +103,16 @@ class Collector:
                    progress: bool = True, **engine_kwargs) -> "Collector":
         """A collector for a :class:`~pbsd_agents.models.Policy` (from :func:`~pbsd_agents.loading.load_policy`).
 
-        ``engine`` is ``"hf"`` (default), ``"vllm"`` (experimental; the student is served from the
+        ``engine`` is ``"hf"`` (default), ``"hf-generate"`` (the same with transformers ``generate``), ``"vllm"`` (experimental; the student is served from the
         policy's LoRA adapter, pushed to vLLM at the start of every student collection) or an engine object.
         """
         renderer = policy.renderer
         before = None
-        if engine == "hf":
+        if engine in ("hf", "hf-generate"):
             from .engines import HFEngine
 
+            if engine == "hf-generate":
+                engine_kwargs = {**engine_kwargs, "decode": "generate"}
             engine = HFEngine(policy, batch_size=batch_size, stop_ids=renderer.stop_ids, **engine_kwargs)
         elif engine == "vllm":
             import warnings
@@ -129,7 +131,7 @@ class Collector:
                 warnings.warn("VLLMEngine serves the weights it loaded; updates to a fully fine-tuned policy are "
                               "not seen by it (use LoRA, or engine='hf')", stacklevel=2)
         elif isinstance(engine, str):
-            raise ValueError(f"unknown engine {engine!r}; valid choices: hf, vllm (or an engine object)")
+            raise ValueError(f"unknown engine {engine!r}; valid choices: hf, hf-generate, vllm (or an engine object)")
         return cls(engine, renderer, num_envs=num_envs or batch_size, progress=progress, before_collect=before)
 
     # ---- environments --------------------------------------------------------------------------

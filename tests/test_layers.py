@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # package directory -> its name when installed
 PACKAGES = {ROOT / "pbsd_agents": "pbsd_agents", ROOT / "envs": "pbsd_agents.envs", ROOT / "tools": "pbsd_agents.tools"}
 LAYERS = ["tools", "envs", "rollout", "algorithms", "trainer", "cli"]
-# modules of the rollout layer: rendering, episodes, trajectories, engines, models and the checks on them
-ROLLOUT = {"episode", "chat", "trajectory", "engines", "models", "loading", "presets", "rollout", "invariants", "testing"}
+# modules of the rollout layer: rendering, episodes, trajectories, engines (and their decoding), models and the checks on them
+ROLLOUT = {"episode", "chat", "trajectory", "engines", "decoding", "models", "loading", "presets", "rollout", "invariants", "testing"}
 HEAVY = ("torch", "transformers", "peft")
 
 

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import json
 
-from ..config import TrainConfig
+from ..config import ENGINES, TrainConfig
 from .common import CLIError, load_model, parse_kv, probe_env
 
 HELP = "evaluate a model or checkpoint on held-out tasks"
@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help=f"tokens per trajectory (default: the run's, else {_D.max_tokens})")
     p.add_argument("--seed", type=int, default=None, help=f"sampling seed (default: the run's, else {_D.seed})")
     p.add_argument("--view", choices=("student", "teacher"), default="student", help="which prompt generates")
-    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="rollout engine; vllm is experimental")
+    p.add_argument("--engine", choices=ENGINES, default="hf",
+                   help="rollout engine: hf (cached decoding), hf-generate (transformers generate, slower), vllm (experimental)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1...")
     p.add_argument("--out", default=None, metavar="FILE.jsonl", help="also write the greedy trajectories to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from ..config import ENGINES
 from .common import CLIError, load_model, probe_env
 
 HELP = "collect trajectories with a model and write them as JSON lines"
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-turns", type=int, default=None, help="assistant turns per episode (default: the env's limit)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--batch-size", type=int, default=32, help="episodes generated together")
-    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="rollout engine; vllm is experimental")
+    p.add_argument("--engine", choices=ENGINES, default="hf",
+                   help="rollout engine: hf (cached decoding), hf-generate (transformers generate, slower), vllm (experimental)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1...")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--check", action="store_true", help="check the written file against the trajectory invariants (exit 1 if broken)")

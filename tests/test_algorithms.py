@@ -197,3 +197,31 @@ def test_lora_teacher_is_frozen_student_moves():
         opt.step()
     assert torch.equal(teacher_lp(), t0)
     assert not torch.allclose(student_lp(), s0)
+
+
+def test_length_groups_run_like_one_padded_batch():
+    """Views of very different lengths run in several batches; log-probs and gradients are those of one batch."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from pbsd_agents.algorithms.scoring import length_groups, sequence_logprobs
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    gen = torch.Generator().manual_seed(1)
+    views = []
+    for n in (300, 20, 290, 25, 310, 22):
+        ids = torch.randint(1, 32, (n,), generator=gen).tolist()
+        views.append((ids, [int(i % 3 == 0) for i in range(n)]))
+    assert len(length_groups([len(ids) for ids, _ in views])) == 2
+    total, per_token = sequence_logprobs(model, views)
+    total.sum().backward()
+    grouped = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for i, view in enumerate(views):  # one at a time: no padding at all
+        one, one_tokens = sequence_logprobs(model, [view])
+        assert one.item() == pytest.approx(total[i].item(), abs=1e-3)
+        assert torch.allclose(one_tokens[0], per_token[i], atol=1e-4)
+        one.sum().backward()
+    for a, p in zip(grouped, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["bench_envs", "bench_generate", "bench_parsers", "bench_step", "build_default_model", "compare_methods", "investigate_pbsd",
+SCRIPTS = ["bench_envs", "bench_parsers", "bench_rollout", "bench_step", "build_default_model", "compare_methods", "investigate_pbsd",
            "make_tiny_model", "probe_faults", "sweep_default", "template_drift"]
 
 
@@ -24,7 +24,6 @@ def test_help(name):
 @pytest.mark.parametrize("argv, message", [
     (["make_tiny_model.py", "OUT", "--tokenizer", "/nonexistent/tok"], "tokenizer folder /nonexistent/tok not found"),
     (["template_drift.py"], "the following arguments are required: --tokenizer"),
-    (["bench_generate.py"], "pass --model DIR, or --tokenizer DIR"),
     (["sweep_default.py", "--algo-arg", "beta"], "--algo-arg expects KEY=VALUE"),
 ])
 def test_missing_paths_and_bad_flags_are_one_line_errors(argv, message):
@@ -41,3 +40,26 @@ def test_template_drift_replays_the_oracle_and_finds_no_drift_with_qwen(shared_d
                 "--n", "4", "--env", "pbsd/ToolCall-v0", "pbsd/MathCalc-v0")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("8/8 conversations render turn by turn exactly as in one go") == 2, proc.stdout
+
+
+def test_bench_rollout_replaces_only_its_own_section(tmp_path):
+    from scripts.bench_rollout import END, START, write
+
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\n## 1. other section\n", encoding="utf-8")
+    write(out, f"{START}\nfirst\n{END}\n")
+    write(out, f"{START}\nsecond\n{END}\n")
+    text = out.read_text(encoding="utf-8")
+    assert "## 1. other section" in text and "second" in text and "first" not in text and text.count(START) == 1
+
+
+@pytest.mark.slow
+def test_bench_rollout_quick_writes_every_table(tmp_path, shared_data):
+    out = tmp_path / "B.md"
+    proc = subprocess.run([sys.executable, ROOT / "scripts" / "bench_rollout.py", "--quick", "--out", out,
+                           "--tokenizer", shared_data("tokenizers", "qwen2.5-instruct")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text(encoding="utf-8")
+    for heading in ("### Generation", "### Main job", "**ratio hf-generate / hf**", "embedded default model", "vocab 151,665"):
+        assert heading in text

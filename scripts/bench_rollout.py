@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Rollout engines side by side: the kit's cached decoding (``hf``) vs transformers ``generate`` (``hf-generate``).
+
+    python scripts/bench_rollout.py --tokenizer DIR              # full run, writes its section of docs/BENCHMARKS.md
+    python scripts/bench_rollout.py --tokenizer DIR --quick      # small sizes (a smoke test)
+    python scripts/bench_rollout.py --tokenizer DIR --device cuda
+
+Three measurements, each alternating the two engines (or settings) in one process, so both see the
+same machine and load; report ratios, not absolute times:
+
+1. **Generation** tokens/s at batch 8/16/32/64 for the embedded default model and for a 41 M-parameter
+   Qwen2 with the real 151 k vocabulary (random weights, built from a config with the Qwen2.5
+   tokenizer in ``--tokenizer``). Prompts are student prompts of ``pbsd/ToolCall-v0`` rendered with the
+   model's chat template; sampling at T=1. The embedded model ends its turns itself; the random one
+   runs to ``--new-tokens``. Beside it, **scoring** tokens/s: the same sequences teacher-forced through
+   the kit's scoring path (one no-grad forward, LM head at the generated positions), and the ratio
+   generation / scoring — the overhead measure (1.0 would mean a token costs no more to generate
+   than to score).
+2. **Main job** (``pbsd-agents train`` defaults): two trainers, one per engine, alternating step by
+   step; mean step time split into collect, teacher scoring and the rest of the update.
+3. **Threads**: the main job with the cached engine at 1 and at 2 torch threads, alternating.
+
+The report replaces the part of ``--out`` between ``<!-- bench_rollout -->`` markers (appended when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench_rollout:start -->", "<!-- bench_rollout:end -->"
+ENGINES = ("hf-generate", "hf")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", default=None, help="Qwen2.5-Instruct tokenizer folder for the 41 M model "
+                   "(without it, that model is skipped)")
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64], help="generation batch sizes")
+    p.add_argument("--new-tokens", type=int, default=128, help="max new tokens per generation")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median), after one warm-up")
+    p.add_argument("--steps", type=int, default=8, help="timed main-job steps per engine, after one warm-up step")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script, not a measurement")
+    p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batches, args.new_tokens, args.reps, args.steps = [2], 8, 1, 1
+    return args
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def table(header, rows) -> str:
+    def cell(x):
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(out + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+# ---- 1. generation ------------------------------------------------------------------------------
+
+
+def models(args):
+    """``(label, policy)`` pairs: the embedded model, and the 41 M Qwen2 when a tokenizer is given."""
+    from pbsd_agents.config import DEFAULT_MODEL
+    from pbsd_agents.loading import build_tiny_model, load_policy
+    from pbsd_agents.models import Policy
+
+    out = [("embedded default model", load_policy(DEFAULT_MODEL, device=args.device, frozen_teacher=False))]
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        hidden, layers = (32, 1) if args.quick else (256, 4)
+        model = build_tiny_model(tok, hidden_size=hidden, num_layers=layers, seed=0).to(args.device)
+        out.append((f"Qwen2 {model.num_parameters() / 1e6:.0f} M, vocab {model.config.vocab_size:,}",
+                    Policy(model, tok, frozen_teacher=False)))
+    return out
+
+
+def student_prompts(renderer, n: int) -> list[list[int]]:
+    from pbsd_agents.envs.registry import make_env
+    from pbsd_agents.episode import Episode
+
+    env = make_env("pbsd/ToolCall-v0")
+    convs = [Episode(env, options={"index": i}).conversation for i in range(n)]
+    return [renderer.prompt_ids(c.student_messages, c.tools, tool_format=c.tool_format) for c in convs]
+
+
+def bench_generation(args) -> list[dict]:
+    import torch
+
+    from pbsd_agents.algorithms.scoring import sequence_logprobs
+    from pbsd_agents.engines import HFEngine, SamplingParams
+
+    rows = []
+    for label, policy in models(args):
+        engines = {name: HFEngine(policy, decode="cached" if name == "hf" else "generate") for name in ENGINES}
+        for batch in args.batches:
+            prompts = student_prompts(policy.renderer, batch)
+            times = {name: [] for name in ENGINES}
+            tokens = {name: [] for name in ENGINES}
+            score_times, gens = [], None
+            for rep in range(1 + args.reps):
+                sampling = SamplingParams(temperature=1.0, max_new_tokens=args.new_tokens, seed=rep)
+                for name in (ENGINES if rep % 2 else ENGINES[::-1]):  # alternate which goes first
+                    engines[name].forget()  # no key/values kept from the last repetition
+                    sync(args.device)
+                    t0 = now()
+                    gens = engines[name].generate(prompts, sampling)
+                    sync(args.device)
+                    if rep:
+                        times[name].append(now() - t0)
+                        tokens[name].append(sum(len(g.ids) for g in gens))
+                views = [(p + g.ids, [0] * len(p) + [1] * len(g.ids)) for p, g in zip(prompts, gens)]
+                t0 = now()
+                with torch.no_grad():
+                    sequence_logprobs(policy.model, views, pad_id=policy.tokenizer.pad_token_id or 0)
+                sync(args.device)
+                if rep:
+                    score_times.append((now() - t0, sum(len(g.ids) for g in gens)))
+            tps = {name: sum(tokens[name]) / sum(times[name]) for name in ENGINES}
+            score_tps = sum(n for _, n in score_times) / sum(t for t, _ in score_times)
+            rows.append({"model": label, "batch": batch, "old": tps["hf-generate"], "new": tps["hf"],
+                         "speedup": tps["hf"] / tps["hf-generate"], "score": score_tps,
+                         "overhead_old": tps["hf-generate"] / score_tps, "overhead_new": tps["hf"] / score_tps,
+                         "tokens_per_row": statistics.mean(tokens["hf"]) / batch,
+                         "prompt_mean": statistics.mean(map(len, prompts))})
+            print(f"[bench_rollout] {label} batch {batch}: {tps['hf-generate']:.0f} -> {tps['hf']:.0f} tokens/s "
+                  f"({tps['hf'] / tps['hf-generate']:.2f}x); scoring {score_tps:.0f} tokens/s", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---- 2. and 3. the main job ----------------------------------------------------------------------
+
+
+def trainer(engine: str, folder: str, device: str, quick: bool):
+    from pbsd_agents.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(engine=engine, out=folder, progress=False, device=device)
+    if quick:
+        cfg.tasks_per_step, cfg.max_new_tokens = 2, 16
+    t = Trainer(cfg)
+    t.setup()
+    return t
+
+
+def bench_main_job(args, settings: dict) -> dict:
+    """Alternate ``train_step`` of one trainer per setting; ``settings``: label -> (engine, threads or None)."""
+    import torch
+
+    base_threads = torch.get_num_threads()
+    tmp = tempfile.mkdtemp(prefix="bench-rollout-")
+    try:
+        trainers = {label: trainer(engine, os.path.join(tmp, label), args.device, args.quick)
+                    for label, (engine, _) in settings.items()}
+        rows = {label: [] for label in settings}
+        for step in range(1 + args.steps):
+            order = list(settings) if step % 2 else list(settings)[::-1]
+            for label in order:
+                torch.set_num_threads(settings[label][1] or base_threads)
+                row = trainers[label].train_step()
+                if step:
+                    rows[label].append(row)
+        torch.set_num_threads(base_threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {}
+    for label, rs in rows.items():
+        def mean(key):
+            return statistics.mean(r.get(key) or 0.0 for r in rs)
+        tokens = (rs[-1]["tokens"] - rs[0]["tokens"]) / max(1, len(rs) - 1) if len(rs) > 1 else rs[0]["tokens"]
+        out[label] = {"wall": mean("wall_s"), "collect": mean("collect_s"), "teacher": mean("teacher_score_s"),
+                      "update": mean("update_s"), "tokens": tokens, "threads": settings[label][1] or base_threads}
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import torch
+    import transformers
+
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} CPUs, 1-minute load {load:.2f} at the end; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python {platform.python_version()}")
+
+
+def report(args, gen: list[dict], job: dict, threads: dict, wall: float) -> str:
+    argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = [START, "## Rollout engine: the kit's cached decoding vs transformers `generate`", ""]
+    out.append(f"Written by `python scripts/bench_rollout.py {argv}` on {time.strftime('%Y-%m-%d')} "
+               f"({wall:.0f} s; device `{args.device}`; {machine()}). Each pair of numbers was measured alternating "
+               "in one process: compare the ratios.")
+    out.append("")
+    out.append("### Generation")
+    out.append("")
+    out.append(f"Student prompts of `pbsd/ToolCall-v0`, T=1, at most {args.new_tokens} new tokens; tokens/s counts "
+               "generated tokens (stop token included): total tokens over the total time of "
+               f"{args.reps} repetition(s) after a warm-up. **Scoring**: the same sequences through the kit's scoring "
+               "path (one no-grad forward, LM head at generated positions); **gen / scoring** is the overhead measure.")
+    out.append("")
+    out.append(table(["model", "batch", "prompt tokens (mean)", "new tokens/row", "hf-generate tok/s", "hf tok/s",
+                      "speed-up", "scoring tok/s", "gen / scoring, hf-generate", "gen / scoring, hf"],
+                     [[r["model"], r["batch"], r["prompt_mean"], r["tokens_per_row"], r["old"], r["new"],
+                       f"**{r['speedup']:.2f}×**", r["score"], r["overhead_old"], r["overhead_new"]] for r in gen]))
+    out.append("")
+    if job:
+        old, new = job["hf-generate"], job["hf"]
+        out.append("### Main job (`pbsd-agents train` defaults: embedded model, `pbsd/MathCalc-v0`, PBSD, 8 tasks per step)")
+        out.append("")
+        out.append(f"Mean of {args.steps} step(s) per engine after a warm-up step, the two trainers alternating step by "
+                   "step. *Teacher scoring* is part of *update*.")
+        out.append("")
+        rows = [[label, r["wall"], r["collect"], r["teacher"], r["update"], r["tokens"]] for label, r in job.items()]
+        rows.append(["**ratio hf-generate / hf**", f"**{old['wall'] / new['wall']:.2f}×**", f"{old['collect'] / new['collect']:.2f}×",
+                     f"{old['teacher'] / max(new['teacher'], 1e-9):.2f}×", f"{old['update'] / new['update']:.2f}×", ""])
+        out.append(table(["engine", "step (s)", "collect (s)", "teacher scoring (s)", "update (s)", "sampled tokens/step"], rows))
+        out.append("")
+    if threads:
+        out.append("### Threads (cached engine, main job)")
+        out.append("")
+        out.append(table(["torch threads", "step (s)", "collect (s)", "update (s)"],
+                         [[r["threads"], r["wall"], r["collect"], r["update"]] for r in threads.values()]))
+        out.append("")
+    out.append(END)
+    return "\n".join(out) + "\n"
+
+
+def write(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.manual_seed(0)
+    t0 = now()
+    gen = bench_generation(args)
+    job = bench_main_job(args, {"hf-generate": ("hf-generate", None), "hf": ("hf", None)})
+    threads = {}
+    if args.device == "cpu" and (os.cpu_count() or 1) > 1:
+        threads = bench_main_job(args, {"1 thread": ("hf", 1), "2 threads": ("hf", 2)})
+    section = report(args, gen, job, threads, now() - t0)
+    write(Path(args.out), section)
+    print(section)
+    print(f"[bench_rollout] wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -164,3 +164,42 @@ def oracle_script(env_id_or_cls, indices, *, faults=(), env_kwargs=None):
         raise AssertionError("scripted engine: unknown task in prompt")
 
     return script
+
+
+# ---- the bfcl-eval package (reference data and the leaderboard's own checkers) ---------------------
+
+
+def bfcl_eval_or_skip():
+    """The installed ``bfcl_eval`` package, or skip the calling test when it is absent."""
+    return pytest.importorskip("bfcl_eval", reason="needs bfcl-eval (pip install --no-deps bfcl-eval==2026.3.23)")
+
+
+@functools.lru_cache(maxsize=None)
+def official_ast_checker():
+    """The leaderboard's ``ast_checker`` and its ``Language`` enum.
+
+    Its module imports the package's model registry, which imports API clients that a ``--no-deps``
+    install lacks; the checker reads only ``underscore_to_dot`` from it, so a registry of two model
+    names stands in: ``"plain"`` (names as written) and ``"under"`` (dots expected as underscores).
+    """
+    import sys
+    import types
+
+    bfcl_eval_or_skip()
+    if "bfcl_eval.constants.model_config" not in sys.modules:
+        registry = types.ModuleType("bfcl_eval.constants.model_config")
+        registry.MODEL_CONFIG_MAPPING = {"plain": types.SimpleNamespace(underscore_to_dot=False),
+                                         "under": types.SimpleNamespace(underscore_to_dot=True)}
+        sys.modules["bfcl_eval.constants.model_config"] = registry
+    from bfcl_eval.constants.enums import Language
+    from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
+
+    return ast_checker, Language.PYTHON
+
+
+def official_multi_turn_checker():
+    """The leaderboard's ``multi_turn_checker`` (it evaluates call strings: for tests only, never the env)."""
+    bfcl_eval_or_skip()
+    from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
+
+    return multi_turn_checker

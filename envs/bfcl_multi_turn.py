@@ -51,6 +51,7 @@ SYSTEM_PROMPT = ("You act for the user through the functions you are given. For 
 NEW_FUNCTIONS = "You can now also use these functions: {functions}\nPlease go on with my last request."
 DONE = "Done."
 ASK = "I cannot do this yet: some information is missing. Could you tell me what I need?"
+NO_FUNCTION = "None of the functions I have can do this yet."
 NOTE_ASK = ("This request lacks a value it needs: make no function call; ask the user for the missing value "
             "(the next message gives it).")
 NOTE_MISSING_FUNCTION = ("No available function can do this yet: make no function call; say so "
@@ -145,8 +146,11 @@ class BFCLMultiTurnEnv(ChatToolEnv):
         gold = self._named_gold(rec)
         messages = [{"role": "system", "content": self.system_prompt}] + self._user_messages(rec, 0)
         oracle = []
-        for turn_calls in gold:
-            oracle += [format_tool_calls(turn_calls, self.tool_format), DONE] if turn_calls else [ASK]
+        for k, turn_calls in enumerate(gold):
+            if turn_calls:
+                oracle += [format_tool_calls(turn_calls, self.tool_format), DONE]
+            else:
+                oracle.append(NO_FUNCTION if (k + 1) in rec["held_out"] else ASK)
         task = Task(task_id=rec["id"], messages=messages, privileged=self._note(rec, gold, 0), oracle=oracle,
                     tools=[self._tool(n, rec) for n in rec["shown"]], gold=gold,
                     info={"category": rec["category"], "num_turns": len(gold),

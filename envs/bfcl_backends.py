@@ -141,7 +141,9 @@ class Backends:
     def invoke(self, name: str, arguments: dict) -> str:
         """Run one already validated call; record and return its result text (exceptions become text)."""
         try:
-            text = result_text(self.methods[name](**arguments))
+            # A copy: some methods keep an argument's list in their state and extend it later, which
+            # would otherwise change the caller's data (a task's cached gold calls among them).
+            text = result_text(self.methods[name](**copy.deepcopy(arguments)))
         except Exception as exc:  # noqa: BLE001  (a backend's failure is the call's result, as on the leaderboard)
             text = f"{ERROR_PREFIX}{exc}"
         self.results.append(text)

@@ -123,8 +123,19 @@ def test_miss_param_note_and_guessing_fails():
     assert ep.last_step[4]["turn_passed"][k] is None and ep.success == official_valid(env, 0, right) is True
     wrong = [list(t) for t in gold]
     wrong[k] = [_mutating_call(env, 0, gold, k)]
+    assert wrong[k][0] is not None
     ep = episode_for(env, 0, wrong)
     assert ep.last_step[4]["turn_passed"][k + 1] is False and ep.success == official_valid(env, 0, wrong) is False
+
+
+def test_replays_never_change_the_task():
+    # post_tweet keeps its mentions list and mention() extends it later: the gold calls must survive
+    env = full_env("multi_turn_base")
+    env.reset(options={"index": 90})
+    gold = copy.deepcopy(env.task.gold)
+    for _ in range(3):
+        assert play_oracle(env, options={"index": 90}).success
+    assert env.task.gold == gold
 
 
 def test_partial_reward_and_step_limit():
@@ -207,51 +218,59 @@ def _mutating_call(env, index, gold, k):
     return None
 
 
-def _run(env, index, turns):
-    b = env._backends(env.records[index])
-    results = [[b.call(name, args) for name, args in turn] for turn in turns]
-    return results, _state(b)
-
-
-def _makes_a_difference(env, index, gold, k, new_turn):
-    """Whether running ``new_turn`` in place of turn k's gold calls gives other results or another state."""
-    try:
-        return _run(env, index, gold[:k] + [new_turn]) != _run(env, index, gold[: k + 1])
-    except Exception:  # noqa: BLE001  (states that do not compare count as different)
+def _fails_at(env, index, gold, turns, f):
+    """Whether turn f of ``turns`` fails the leaderboard's rule, worked out here by running both call
+    sequences: no call in the turn, another state, or a gold result of the turn never returned."""
+    if not turns[f]:
         return True
+    rec = env.records[index]
+    g, m = env._backends(rec), env._backends(rec)
+    for turn in gold[: f + 1]:
+        gold_results = [g.call(name, args) for name, args in turn]
+    for turn in turns[: f + 1]:
+        for name, args in turn:
+            m.call(name, args)
+    try:
+        if _state(m) != _state(g):
+            return True
+    except Exception:  # noqa: BLE001  (states that do not compare: not a clean perturbation)
+        return False
+    return bool(Counter(gold_results) - Counter(m.results))
 
 
 def perturb(env, index, kind, k):
-    """The gold calls per turn with turn k perturbed (None when this kind does not apply there)."""
+    """``(turns, f)``: the gold calls per turn with turn k perturbed so that turn f (k, or the turn a
+    call moved to when it moved earlier) fails; None when no such perturbation of this kind exists."""
     gold = [list(t) for t in env.task.gold]
     turn = gold[k]
     if not turn:
         return None
-    if kind == "wrong_argument":  # the first changed argument that changes what the turn does
-        for i, (name, args) in enumerate(turn):
-            for key in sorted(args):
-                changed = turn[:i] + [(name, {**args, key: _changed(args[key])})] + turn[i + 1:]
-                if _makes_a_difference(env, index, gold, k, changed):
-                    gold[k] = changed
-                    return gold
-        return None
-    if kind == "missing_call":
-        gold[k] = turn[:-1]
-        return gold
-    if kind == "extra_mutating_call":
+    options = []
+    if kind == "wrong_argument":
+        options = [(k, turn[:i] + [(name, {**args, key: _changed(args[key])})] + turn[i + 1:])
+                   for i, (name, args) in enumerate(turn) for key in sorted(args)]
+    elif kind == "missing_call":
+        options = [(k, turn[:i] + turn[i + 1:]) for i in range(len(turn))]
+    elif kind == "extra_mutating_call":
         call = _mutating_call(env, index, gold, k)
-        if call is None:
-            return None
-        gold[k] = turn + [call]
-        return gold
-    if kind == "moved_call":
-        other = k + 1 if k + 1 < len(gold) else k - 1
-        if other < 0:
-            return None
-        gold[other] = gold[other] + [turn[-1]] if other > k else [turn[-1]] + gold[other]
-        gold[k] = turn[:-1]
-        return gold
-    raise ValueError(kind)
+        options = [(k, turn + [call])] if call is not None else []
+    elif kind == "moved_call":
+        for i in range(len(turn)):
+            rest = turn[:i] + turn[i + 1:]
+            if k + 1 < len(gold):
+                options.append((k, rest, k + 1, gold[k + 1] + [turn[i]]))
+            elif k > 0 and gold[k - 1]:
+                options.append((k - 1, rest, k - 1, [turn[i]] + gold[k - 1]))
+    for option in options:
+        turns = [list(t) for t in gold]
+        if kind == "moved_call":
+            f, rest, other, moved = option
+            turns[k], turns[other] = rest, moved
+        else:
+            f, turns[k] = option
+        if _fails_at(env, index, gold, turns, f):
+            return turns, f
+    return None
 
 
 def call_text(name, args):
@@ -304,18 +323,19 @@ def run_agreement(triples, kinds=KINDS):
             disagreements.append((env.task.task_id, "gold", ours, official))
         for kind in kinds:
             env.reset(options={"index": index})
-            turns = perturb(env, index, kind, k)
-            if turns is None:
+            found = perturb(env, index, kind, k)
+            if found is None:
                 continue
+            turns, f = found
             ep = episode_for(env, index, turns)
             ours, official = ep.success, official_valid(env, index, turns)
             stats[(category, kind)] += 1
             if ours != official:
                 disagreements.append((env.task.task_id, kind, ours, official))
-            # the perturbed turn itself: the leaderboard's verdict on turns 0..k (those before k are gold)
-            turn_ok = ep.last_step[4]["turn_passed"][k]
-            if turn_ok is not False:
-                zero_fails.append((env.task.task_id, kind, k, official_valid(env, index, turns, upto=k)))
+            # the perturbed turn itself scores 0, and so it does on the leaderboard (turns before f are gold)
+            turn_ok, official_turn = ep.last_step[4]["turn_passed"][f], official_valid(env, index, turns, upto=f)
+            if turn_ok is not False or official_turn:
+                zero_fails.append((env.task.task_id, kind, f, turn_ok, official_turn))
     return stats, disagreements, zero_fails
 
 
@@ -343,3 +363,45 @@ def test_agreement_on_every_task_and_every_scored_turn():
         print(category, {kind: stats[(category, kind)] for kind in ("gold", *KINDS)})
     print("disagreements", len(disagreements), disagreements[:5], "turns not scored 0", len(zero_fails), zero_fails[:5])
     assert not disagreements and not zero_fails
+
+
+# ---- through the collector and the CLI ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", ["student", "teacher"])
+def test_collector_records_each_turn_note_in_the_teacher_view_only(tmp_path, view):
+    from pbsd_agents.invariants import check_jsonl, check_trajectory
+    from pbsd_agents.rollout import Collector
+    from pbsd_agents.trajectory import save_jsonl
+    from tests.support import ScriptedEngine, oracle_script, renderer_for
+
+    kwargs = {"category": "multi_turn_miss_param", "split": "test"}
+    r = renderer_for("byte")
+    engine = ScriptedEngine(r, oracle_script(ENV_ID, [0, 1], env_kwargs=kwargs))
+    collector = Collector(engine, r, progress=False)
+    pairs = collector.collect_with_conversations(ENV_ID, [0, 1], view=view, env_kwargs=kwargs,
+                                                 max_new_tokens=4096, max_tokens=100_000)
+    for traj, conv in pairs:
+        assert traj.success and traj.reward == 1.0, traj.outcome
+        assert len(traj.turn_privileged) == traj.task_info["num_turns"] - 1
+        assert traj.outcome["turns_passed"] == traj.outcome["turns_scored"] == traj.task_info["scored_turns"]
+        assert NOTE_ASK in traj.turn_privileged
+        assert check_trajectory(traj, r, conversation=conv) == []
+    path = tmp_path / "mt.jsonl"
+    save_jsonl([t for t, _ in pairs], path)
+    report = check_jsonl(path, r, env_kwargs=kwargs)
+    assert report.ok and report.render_checked == 2, report.summary()
+
+
+def test_three_step_pbsd_run_through_the_cli(tiny_model, tmp_path):
+    from pbsd_agents.cli import main as cli_main
+
+    out = tmp_path / "run"
+    code = cli_main(["train", "--model", tiny_model, "--env", ENV_ID, "--algo", "pbsd", "--steps", "3",
+                     "--tasks-per-step", "1", "--eval-tasks", "1", "--pass-k", "1", "--max-new-tokens", "4",
+                     "--max-tokens", "8", "--save-every", "3", "--keep-last", "1", "--out", str(out), "--no-progress"])
+    assert code == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["num_pairs"] == 1 for m in metrics)
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert evals[-1]["step"] == 3 and "multi_turn_base" in evals[-1]["per_category"]

@@ -171,6 +171,13 @@ def test_bad_arguments_are_one_line_errors():
     assert env.num_tasks == 640 and {r["category"] for r in env.records} == set(MULTI_TURN_CATEGORIES)
 
 
+@pytest.mark.parametrize("fmt", ["json", "python"])
+def test_other_call_formats(fmt):
+    env = gymnasium.make(ENV_ID, category="all", split="test", tool_format=fmt)
+    for i in range(0, env.unwrapped.num_tasks, 16):
+        assert play_oracle(env, options={"index": i}).success
+
+
 def test_check_env_passes_on_every_category():
     for category in MULTI_TURN_CATEGORIES:
         report = check_env(gymnasium.make(ENV_ID, category=category, split="test"), num_fuzz=400)

@@ -219,3 +219,31 @@ def test_agreement_with_the_official_ast_checker_everywhere():
         print(category, {k: stats[(category, k)] for k in ("candidates", "accepted", "official_raised")})
     print("disagreements:", Counter(d[2] for d in disagreements), disagreements[:3])
     assert not disagreements, disagreements[:5]
+
+
+def test_a_backend_whose_dependency_is_missing_is_a_one_line_error(monkeypatch):
+    from pbsd_agents.envs.bfcl_package import backend_class
+
+    monkeypatch.setitem(sys.modules, "mpmath", None)  # what a --no-deps install without the extra sees
+    monkeypatch.delitem(sys.modules, "bfcl_eval.eval_checker.multi_turn_eval.func_source_code.math_api", raising=False)
+    with pytest.raises(ValueError, match=r"the BFCL backend MathAPI needs the package 'mpmath'.*pbsd-agents\[bfcl\]"):
+        backend_class("MathAPI")
+    assert backend_class("TwitterAPI").__name__ == "TwitterAPI"
+    with pytest.raises(ValueError, match="unknown BFCL backend class 'Nope'; known: GorillaFileSystem, "):
+        backend_class("Nope")
+
+
+def test_eval_cli_reports_the_leaderboard_summaries(tiny_model, capsys):
+    import json
+
+    from pbsd_agents.cli import main
+
+    code = main(["eval", "--model", tiny_model, "--env", "pbsd/BFCL-v0", "--env-arg", "category=[simple_python,live_simple]",
+                 "--env-arg", "holdout_every=40", "--n", "20", "--max-new-tokens", "4", "--max-tokens", "8", "--no-progress"])
+    assert code == 0
+    out, err = capsys.readouterr()
+    row = json.loads(out)
+    assert set(row["per_category"]) == {"simple_python", "live_simple"}
+    assert row["bfcl"]["non_live"]["missing"] == ["multiple", "parallel", "parallel_multiple"]
+    assert row["bfcl"]["live"]["categories"] == ["live_simple"]
+    assert "BFCL non-live (unweighted mean)" in err and "live_simple" in err

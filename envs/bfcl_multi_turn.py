@@ -20,7 +20,9 @@ Scoring follows the leaderboard's multi-turn checker (:func:`.bfcl_backends.chec
 user turn with gold calls, the state of the model's instances must equal that of instances that ran
 the gold calls, and the gold calls' results must all have been returned to the model. The episode
 scores 1 when every scored turn passes (``partial_reward=True``: the fraction that pass). Like the
-leaderboard, a function the model calls is run whether or not it has been announced yet.
+leaderboard, a function the model calls is run whether or not it has been announced yet. Unlike its
+inference loop, a reply whose calls cannot be parsed gets the parse errors back (as the kit's other
+envs do) instead of ending the turn, and only documented methods can be called.
 
 **Per-turn privileged context.** The teacher learns the gold calls of the turn it is in, when that
 turn starts: ``reset`` gives the first turn's (``info["privileged"]``), and the step that brings the

@@ -281,7 +281,8 @@ class Collector:
                                                   teacher_obs if view == "student" else obs, conv.tools,
                                                   tool_format=conv.tool_format)
             s_ids, t_ids = (delta, other) if view == "student" else (other, delta)
-            segment = Segment("observation", s_ids, None, self.renderer.decode(s_ids), teacher_ids=t_ids)
+            segment = Segment("observation", s_ids, None, self.renderer.decode(s_ids),
+                              teacher_ids=t_ids if t_ids != s_ids else None)
         ep.segments.append(segment)
         ep.context.extend(delta)
         ep.used += len(delta)

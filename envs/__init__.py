@@ -13,7 +13,8 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
     "pbsd/ToolCall-v0": ("pbsd_agents.envs.toolcall:ToolCallEnv", "procedural function calling: single, multiple and parallel calls over 15+ typed tool schemas"),
     "pbsd/MathCalc-v0": ("pbsd_agents.envs.mathcalc:MathCalcEnv", "procedural multi-step arithmetic word problems with a calculator tool; answer in \\boxed{}"),
     "pbsd/Retail-v0": ("pbsd_agents.envs.retail:RetailEnv", "procedural stateful retail world (users, orders, products); goals need 2-5 dependent calls"),
-    "pbsd/BFCL-v0": ("pbsd_agents.envs.bfcl:BFCLEnv", "Berkeley Function Calling Leaderboard files (data_path=, answer_path=), AST checker"),
+    "pbsd/BFCL-v0": ("pbsd_agents.envs.bfcl:BFCLEnv", "Berkeley Function Calling Leaderboard, single turn: category= from the bfcl-eval package (or data_path=), AST checker"),
+    "pbsd/BFCLMultiTurn-v0": ("pbsd_agents.envs.bfcl_multi_turn:BFCLMultiTurnEnv", "BFCL multi-turn (category=multi_turn_base|miss_func|miss_param|long_context) on the package's executable backends; per-turn privileged context"),
     "pbsd/GSM8K-v0": ("pbsd_agents.envs.gsm8k:GSM8KEnv", "GSM8K-format JSONL (data_path=) with an optional calculator tool"),
     "pbsd/TauRetail-v0": ("pbsd_agents.envs.tau_retail:TauRetailEnv", "tau-bench retail tasks and database (data_dir=, split=train|dev|test)"),
 }

@@ -33,6 +33,9 @@ INFINITE_INDEX_RANGE = 2**31
 
 # The reset-info keys of the contract; any other key is the task's own (Task.info), recorded with its trajectories.
 RESET_INFO_KEYS = ("tools", "privileged", "task_id", "index", "tool_format")
+# The step-info keys of the contract; any other key of the last step's info is the env's own outcome
+# (e.g. per-turn results), recorded with its trajectories. ``privileged`` here is a per-turn note.
+STEP_INFO_KEYS = ("tool_calls", "parse_errors", "num_parse_errors", "turn", "success", "privileged")
 
 
 @dataclass

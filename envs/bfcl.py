@@ -1,6 +1,7 @@
 """``pbsd/BFCL-v0``: Berkeley Function Calling Leaderboard files, scored with the BFCL-style AST checker.
 
-Data format (BFCL v3): one JSON object per line with ``id``, ``question`` (a list of turns, each a
+Data comes from the installed ``bfcl-eval`` package (``category=``, see :mod:`.bfcl_package`) or
+from files the user names (``data_path=``). Data format (BFCL v3 and v4): one JSON object per line with ``id``, ``question`` (a list of turns, each a
 list of chat messages; the first turn is the student's prompt) and ``function`` (schemas with BFCL
 type names); the ground truth sits in a ``possible_answer`` file with the same name: ``id`` and
 ``ground_truth``, a list of ``{func_name: {param: [acceptable...]}}``.
@@ -9,7 +10,7 @@ Categories come from the id prefix (``simple_3`` -> ``simple``, ``live_parallel_
 ``live_parallel``), else from the file name: ``simple``, ``multiple``, ``parallel``,
 ``parallel_multiple``, ``irrelevance`` and their ``live_`` variants, plus ``live_relevance``.
 Irrelevance tasks score 1 when the model makes no call; relevance tasks when it makes any call.
-Java, JavaScript and multi-turn categories are not supported.
+Java and JavaScript are not supported; multi-turn categories are ``pbsd/BFCLMultiTurn-v0``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pbsd_agents.tools.base import Tool, acknowledge
 from pbsd_agents.tools.parsers import format_hint, format_tool_calls
 
 from .base import ChatToolEnv, Task, Transcript
-from .checker import acceptable_values, bfcl_schema_to_json_schema, check_calls, mode_for_category
+from .checker import (acceptable_values, bfcl_schema_to_json_schema, check_calls, gold_value_problem, mode_for_category,
+                      omittable)
+from .bfcl_package import AST_CATEGORIES, VERSION_PREFIX, categories_arg, category_files
 from .data import DataArg, check_holdout_every, holdout, hub_file, local_or_hub, read_records
 
 BASE_CATEGORIES = ("simple", "simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "relevance")
@@ -63,28 +66,29 @@ def _supported(category: str) -> bool:
 def first_acceptable_call(gold_call: dict, schema: dict | None) -> tuple[str, dict]:
     """One concrete call that satisfies ``gold_call``: for each parameter that may not be omitted
     (required by the schema, or without ``""`` among its alternatives) the first alternative other
-    than ``""``; gold dicts of alternatives become concrete dicts the same way.
+    than ``""``. A gold dict of alternatives (also inside a list of dicts) becomes a concrete dict the
+    same way, one level deep: values nested further are data, compared literally.
 
     Example:
-        >>> first_acceptable_call({"f": {"a": [1, 2], "b": ["", "x"], "c": [{"k": ["v"], "o": [""]}]}}, None)
-        ('f', {'a': 1, 'c': {'k': 'v'}})
+        >>> first_acceptable_call({"f": {"a": [1, 2], "b": ["", "x"], "c": [{"k": ["v"], "o": [""], "n": [{"x": [1]}]}]}}, None)
+        ('f', {'a': 1, 'c': {'k': 'v', 'n': {'x': [1]}}})
     """
     ((name, params),) = gold_call.items()
     required = set(((schema or {}).get("parameters") or {}).get("required") or [])
-    return name, {p: _first(alts) for p, alts in params.items() if p in required or "" not in acceptable_values(alts)}
+    return name, {p: _concrete(_first(alts)) for p, alts in params.items() if p in required or not omittable(alts)}
 
 
 def _first(alts: Any) -> Any:
     for a in acceptable_values(alts):
         if not (isinstance(a, str) and a == ""):
-            return _concrete(a)
+            return a
     return ""
 
 
 def _concrete(value: Any) -> Any:
-    # Gold dicts map keys to lists of alternatives, also inside a list of dicts.
+    # A top-level gold dict maps keys to lists of alternatives, also inside a list of dicts.
     if isinstance(value, dict):
-        return {k: _first(v) for k, v in value.items() if "" not in acceptable_values(v)}
+        return {k: _first(v) for k, v in value.items() if not omittable(v)}
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return [_concrete(v) for v in value]
     return value
@@ -147,6 +151,10 @@ class BFCLEnv(ChatToolEnv):
     ``category`` (reset and last step), ``error_type`` and ``check_message`` (last step).
 
     Args:
+        category: a category of the installed ``bfcl-eval`` package (``simple_python``, ``multiple``,
+            ``parallel``, ``parallel_multiple``, their ``live_`` variants, ``irrelevance``,
+            ``live_irrelevance``, ``live_relevance``), a list of them, or ``"all"``: data and answers
+            come from the package (``pip install --no-deps bfcl-eval==2026.3.23``). Or instead:
         data_path: a BFCL file, a list of files (tasks concatenated in that order), a folder (its
             ``BFCL_v*_<category>.json`` files of supported categories, sorted), or ``"owner/dataset/file.json"`` on the Hugging
             Face Hub (needs ``huggingface_hub`` and a network).
@@ -162,7 +170,8 @@ class BFCLEnv(ChatToolEnv):
 
     Attributes:
         data_errors: ``{task id: reason}`` for tasks of this split whose gold answer cannot be met
-            (e.g. a gold function missing from the task's functions); kept, they always score 0.
+            (a gold function missing from the task's functions, a parameter outside its schema or
+            without any acceptable value); kept, they always score 0.
 
     Example:
         >>> import gymnasium, json, tempfile, pbsd_agents
@@ -187,6 +196,7 @@ class BFCLEnv(ChatToolEnv):
         self,
         data_path: Any = None,
         answer_path: Any = None,
+        category: str | list[str] | None = None,
         split: str = "train",
         holdout_every: int | None = 5,
         underscore_names: bool = False,
@@ -200,10 +210,20 @@ class BFCLEnv(ChatToolEnv):
         self.system_prompt = system_prompt if system_prompt is not None else f"{SYSTEM_PROMPT} {format_hint(self.tool_format)}"
         self.records: list[dict] = []
         self.data_errors: dict[str, str] = {}
-        for data_file, answer_file, shown in _resolve(data_path, answer_path):
+        if category is not None:
+            if data_path is not None or answer_path is not None:
+                raise ValueError("BFCLEnv takes category= (data from the installed bfcl-eval package) or data_path= "
+                                 "(your own files), not both")
+            files = [(*category_files(c), f"{VERSION_PREFIX}_{c}.json") for c in categories_arg(category, AST_CATEGORIES)]
+        elif data_path is None:
+            raise ValueError(f"BFCLEnv needs category= (one of {', '.join(AST_CATEGORIES)}, a list of them or 'all', "
+                             f"read from the installed bfcl-eval package) or data_path=: {_DATA.expected}")
+        else:
+            files = _resolve(data_path, answer_path)
+        for data_file, answer_file, shown in files:
             self._load(data_file, answer_file, shown)
         if not self.records:
-            raise ValueError(f"split {split!r} of {data_path!r} holds no tasks (holdout_every={holdout_every}: "
+            raise ValueError(f"split {split!r} of {category or data_path!r} holds no tasks (holdout_every={holdout_every}: "
                              f"{'every task is in test' if holdout_every == 1 else 'the files are too short'})")
         self.num_tasks = len(self.records)
         self._cache: dict[int, Task] = {}
@@ -304,6 +324,13 @@ def _gold_problem(gold: list[dict], functions: list[dict]) -> str | None:
             return f"gold function {name!r} is not among the task's functions {sorted(by_name)}"
         props = ((by_name[name].get("parameters") or {}).get("properties")) or {}
         for p, alts in params.items():
-            if p not in props and "" not in acceptable_values(alts):
+            problem = gold_value_problem(alts)
+            if problem:
+                return f"gold parameter {p!r} of {name!r}: {problem}"
+            if omittable(alts):
+                continue
+            if p not in props:
                 return f"gold parameter {p!r} of {name!r} is not in its schema and may not be omitted"
+            if not acceptable_values(alts):
+                return f"gold parameter {p!r} of {name!r} has no acceptable value and may not be omitted"
     return None

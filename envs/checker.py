@@ -7,7 +7,8 @@ omitted". :func:`check_calls` compares a model's calls with it:
 - the number of calls must equal the number of gold calls (``simple``/``multiple``: calls are
   compared in order; ``parallel``: order-free, each gold call greedily takes the first not yet
   matched call that passes);
-- names match exactly (optionally ``a_b`` for a gold ``a.b``, for models that cannot write dots);
+- names match exactly (with ``underscore_names``, a gold ``a.b`` must be written ``a_b``, as the
+  leaderboard expects of models that cannot write dots);
 - every parameter the schema requires must be given; a parameter the schema or the gold call does
   not know is unexpected; a gold parameter may be left out only when ``""`` is acceptable;
 - types follow the schema's type names (BFCL's ``dict``/``float``/``tuple``/``any`` or JSON Schema's
@@ -15,8 +16,13 @@ omitted". :func:`check_calls` compares a model's calls with it:
   apart, and a value with the type of the gold alternatives instead (typically a string naming a
   variable) is compared literally;
 - strings are compared after dropping spaces and ``, . / - _ * ^``, lowercasing and turning ``'``
-  into ``"`` (also inside lists and flat dicts); lists compare element by element, in order; a dict
-  is matched key by key against a gold dict of alternatives; a list of dicts element by element.
+  into ``"`` (also the strings directly inside a list, and a dict's string values); lists compare
+  element by element, in order, and ``[]`` matches an acceptable ``""``; a dict is matched key by key
+  against a gold dict of alternatives, its non-string values literally (a list inside a dict is
+  case-sensitive); a list of dicts element by element.
+- the acceptable values of a parameter are a list; a bare string is read as the leaderboard reads it
+  (its characters are the alternatives, and the parameter may be omitted); any other bare value
+  can never be met (:func:`gold_value_problem` says so, and the BFCL loader lists such tasks).
 
 Item types of arrays are checked one level deep only, and the int-to-float coercion applies to
 top-level values only: both as in the leaderboard, so scores stay comparable with it.
@@ -134,9 +140,38 @@ def _gold_parts(gold_call: Any) -> tuple[str, dict]:
 
 
 def acceptable_values(acceptable: Any) -> list:
-    """The acceptable values of one gold parameter (a bare value is read as the only one)."""
-    # A bare value where a list of alternatives belongs is read as the only alternative.
-    return acceptable if isinstance(acceptable, list) else [acceptable]
+    """The acceptable values of one gold parameter, read as the leaderboard reads them.
+
+    A list is the alternatives; a bare string is iterated, so its characters are (the leaderboard
+    never wraps it); any other bare value has no alternatives (the leaderboard fails on it).
+
+    Example:
+        >>> acceptable_values(["a", ""]), acceptable_values("ab"), acceptable_values(3)
+        (['a', ''], ['a', 'b'], [])
+    """
+    if isinstance(acceptable, list):
+        return acceptable
+    return list(acceptable) if isinstance(acceptable, str) else []
+
+
+def omittable(acceptable: Any) -> bool:
+    """Whether a gold parameter may be left out: ``""`` is among its alternatives (a bare string
+    always counts: the leaderboard's ``"" in value`` is a substring test there).
+
+    Example:
+        >>> omittable(["x", ""]), omittable(["x"]), omittable("abc"), omittable(3)
+        (True, False, True, False)
+    """
+    if isinstance(acceptable, list):
+        return "" in acceptable
+    return isinstance(acceptable, str)
+
+
+def gold_value_problem(acceptable: Any) -> str | None:
+    """Why no value can ever meet a gold parameter (None when one can)."""
+    if isinstance(acceptable, (list, str)):
+        return None
+    return f"its acceptable values are a bare {type(acceptable).__name__} {acceptable!r}, not a list"
 
 
 def _gold_type(alternatives: list) -> type | None:
@@ -147,7 +182,8 @@ def _gold_type(alternatives: list) -> type | None:
 
 
 def _names_match(model_name: str, gold_name: str, underscore_names: bool) -> bool:
-    return model_name == gold_name or (underscore_names and model_name == gold_name.replace(".", "_"))
+    # The leaderboard's underscore mode rewrites the expected name; the dotted one no longer matches.
+    return model_name == (gold_name.replace(".", "_") if underscore_names else gold_name)
 
 
 # ---- per-value checks --------------------------------------------------------------------------
@@ -191,15 +227,25 @@ def _items_fit(value: list, item_type: type, alternatives: list) -> bool:
 
 
 def _dict_matches(param: str, value: dict, pattern: dict) -> str | None:
-    """Match a flat dict against ``{key: [acceptable...]}``; None on success, else the reason."""
+    """Match a flat dict against ``{key: [acceptable...]}``; None on success, else the reason.
+
+    String values are normalised; any other value (a list, a nested dict) is compared literally,
+    as the leaderboard does: nested values are data, not patterns.
+    """
     for key, v in value.items():
         if key not in pattern:
             return f"{param!r}: unexpected key {key!r} in {value!r}"
         alts = acceptable_values(pattern[key])
-        if _norm(v) not in [_norm(a) for a in alts]:
+        if not isinstance(pattern[key], (list, str)):
+            return f"{param!r}: key {key!r} {gold_value_problem(pattern[key])}"
+        if isinstance(v, str):
+            ok = normalize_string(v) in [normalize_string(a) for a in alts if isinstance(a, str)]
+        else:
+            ok = v in alts
+        if not ok:
             return f"{param!r}: value {v!r} of key {key!r} is not one of {alts!r}"
     for key, alts in pattern.items():
-        if key not in value and "" not in acceptable_values(alts):
+        if key not in value and not omittable(alts):
             return f"{param!r}: key {key!r} is missing from {value!r}"
     return None
 
@@ -214,6 +260,9 @@ def _check_value(param: str, value: Any, spec: dict, alternatives: list, is_vari
         return CheckResult(False, "value_error", reasons[0] if reasons else f"{param!r}: {value!r} is not one of {alternatives!r}")
     elif isinstance(value, list) and (spec.get("items") or {}).get("type") in ("dict", "object"):
         ok = any(_list_of_dicts_matches(param, value, alt) for alt in alternatives)
+    elif isinstance(value, list):
+        # An alternative is read element by element (so "" is the empty list, as on the leaderboard).
+        ok = _norm(value) in [_norm(list(a)) for a in alternatives if isinstance(a, (list, str))]
     else:
         ok = _norm(value) in [_norm(a) for a in alternatives]
     if ok:
@@ -222,6 +271,8 @@ def _check_value(param: str, value: Any, spec: dict, alternatives: list, is_vari
 
 
 def _list_of_dicts_matches(param: str, value: list, alt: Any) -> bool:
+    if alt == "":  # "may be omitted" read as a list: the empty one
+        alt = []
     if not isinstance(alt, list) or len(alt) != len(value):
         return False
     for v, pattern in zip(value, alt):
@@ -265,6 +316,9 @@ def check_call(name: str, arguments: Any, gold_call: dict, schema: dict | None, 
             where = "the schema" if param not in properties else "the expected call"
             return CheckResult(False, "unexpected_arg", f"{gold_name}: unexpected argument {param!r} (not in {where})")
         spec = properties[param] if isinstance(properties[param], dict) else {}
+        problem = gold_value_problem(gold_params[param])
+        if problem:
+            return CheckResult(False, "invalid_gold", f"{gold_name}: gold parameter {param!r}: {problem}")
         alternatives = acceptable_values(gold_params[param])
         if spec.get("type") in _FLOATISH and type(value) is int:
             value = float(value)
@@ -275,7 +329,7 @@ def check_call(name: str, arguments: Any, gold_call: dict, schema: dict | None, 
         if not res.ok:
             return CheckResult(False, res.error_type, f"{gold_name}: {res.message}")
     for param, acceptable in gold_params.items():
-        if param not in arguments and "" not in acceptable_values(acceptable):
+        if param not in arguments and not omittable(acceptable):
             return CheckResult(False, "missing_arg", f"{gold_name}: argument {param!r} is missing (expected one of {acceptable!r})")
     return _OK
 
@@ -300,7 +354,7 @@ def check_calls(
         mode: ``simple`` / ``multiple`` (calls compared in order, one per gold call), ``parallel``
             (order-free greedy matching), ``irrelevance`` (ok iff no call), ``relevance`` (ok iff
             at least one call). :func:`mode_for_category` maps a BFCL category to its mode.
-        underscore_names: also accept ``a_b`` for a gold name ``a.b``.
+        underscore_names: a gold name ``a.b`` is expected as ``a_b`` (and ``a.b`` is then wrong).
 
     Example:
         >>> schemas = [{"name": "play", "parameters": {"type": "dict", "properties": {
@@ -445,6 +499,6 @@ def _convert(node: dict, where: str) -> dict:
 
 
 __all__ = [
-    "CheckResult", "ERROR_TYPES", "MODES", "PY_TYPES", "bfcl_schema_to_json_schema", "check_call", "check_calls",
-    "mode_for_category", "normalize_string",
+    "CheckResult", "ERROR_TYPES", "MODES", "PY_TYPES", "acceptable_values", "bfcl_schema_to_json_schema", "check_call",
+    "check_calls", "gold_value_problem", "mode_for_category", "normalize_string", "omittable",
 ]

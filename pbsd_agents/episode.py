@@ -6,6 +6,11 @@ test kit, the default model's build and the benchmarks (the oracle's turns). It 
 builds the student messages and the teacher's (``env.unwrapped.teacher_messages``), sends each
 assistant turn to the env, and keeps the outcome. No torch here.
 
+Privileged context may also arrive per turn (multi-turn benchmarks whose user turns each have their
+own gold): a step whose ``info`` carries ``privileged`` brings a new user turn, and the teacher's
+copy of that step's messages is ``env.unwrapped.teacher_messages(obs, info["privileged"])``; the
+student's copy is ``obs`` as is. Everything else is added to both views alike.
+
 Example:
     >>> import gymnasium
     >>> import pbsd_agents  # registers the pbsd/ envs
@@ -21,10 +26,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from pbsd_agents.envs.base import RESET_INFO_KEYS
+from pbsd_agents.envs.base import RESET_INFO_KEYS, STEP_INFO_KEYS
 
 __all__ = ["Conversation", "Episode", "play", "play_oracle"]
 
@@ -35,7 +41,8 @@ VIEWS = ("student", "teacher")
 class Conversation:
     """The messages behind a trajectory, in both views, with the tools and call format of its env.
 
-    The two views differ only in the prompt: assistant turns and environment messages are added to both.
+    The two views differ in the prompt and, with per-turn privileged context, in the teacher's copies
+    of later user turns; assistant turns and every other environment message are added to both.
     """
 
     student_messages: list[dict]
@@ -48,11 +55,11 @@ class Conversation:
             raise ValueError(f"view must be 'student' or 'teacher', got {view!r}")
         return self.student_messages if view == "student" else self.teacher_messages
 
-    def add(self, messages: Iterable[dict]) -> None:
-        """Append ``messages`` (copied) to both views."""
-        for m in messages:
-            self.student_messages.append(copy.deepcopy(m))
-            self.teacher_messages.append(copy.deepcopy(m))
+    def add(self, messages: Iterable[dict], teacher: Iterable[dict] | None = None) -> None:
+        """Append ``messages`` (copied) to both views, or ``teacher`` in their place to the teacher's."""
+        messages = list(messages)
+        self.student_messages.extend(copy.deepcopy(messages))
+        self.teacher_messages.extend(copy.deepcopy(list(teacher) if teacher is not None else messages))
 
     def assistant_turns(self) -> list[str]:
         return [m["content"] for m in self.student_messages if m.get("role") == "assistant"]
@@ -67,6 +74,9 @@ class Episode:
 
     Attributes:
         conversation: the :class:`Conversation` so far (both views).
+        privileged: the reset's privileged text; ``turn_privileged``: the ones later steps brought, in order.
+        outcome: the env's own keys of the last step's ``info`` (outside ``STEP_INFO_KEYS``, JSON values
+            only), e.g. per-turn results; empty until the episode ends.
         info: the reset info; ``task_info`` is its env-specific part (e.g. a BFCL category: the
             keys outside the contract's ``RESET_INFO_KEYS``; JSON values, they go into the trajectory).
         turns, reward, success, truncated, done, parse_errors: the outcome so far.
@@ -84,6 +94,9 @@ class Episode:
         teacher = copy.deepcopy(list(env.unwrapped.teacher_messages(copy.deepcopy(list(obs)), self.privileged)))
         self.conversation = Conversation(student, teacher, list(info.get("tools") or []),
                                          str(info.get("tool_format") or getattr(env.unwrapped, "tool_format", "hermes")))
+        self.turn_privileged: list[str] = []
+        self._note: str | None = None  # the privileged text of the user turn the last step brought
+        self.outcome: dict[str, Any] = {}
         self.turns = 0
         self.parse_errors = 0
         self.reward = 0.0
@@ -96,10 +109,21 @@ class Episode:
     def task_info(self) -> dict[str, Any]:
         return {k: v for k, v in self.info.items() if k not in RESET_INFO_KEYS}
 
+    @property
+    def privileged_texts(self) -> list[str]:
+        """Every privileged text of the episode so far (the reset's first), empty ones left out."""
+        return [p for p in [self.privileged, *self.turn_privileged] if p]
+
     def privileged_in_student_view(self) -> bool:
-        """True when the privileged text shows in the student's initial messages (a broken env)."""
-        p = self.privileged
-        return bool(p) and any(p in str(m.get("content", "")) for m in self.conversation.student_messages)
+        """True when a privileged text shows in the student's messages (a broken env)."""
+        return any(p in str(m.get("content", "")) for p in self.privileged_texts for m in self.conversation.student_messages)
+
+    def teacher_observation(self, messages: list[dict]) -> list[dict]:
+        """The teacher's copy of the env's new ``messages``: with the privileged text of the user turn
+        they start, when the last step brought one; else ``messages`` themselves."""
+        if not self._note:
+            return list(messages)
+        return list(self.env.unwrapped.teacher_messages(copy.deepcopy(list(messages)), self._note))
 
     def step(self, text: str) -> list[dict]:
         """Send one finished assistant turn; return the env's new messages.
@@ -115,16 +139,29 @@ class Episode:
         self.turns += 1
         self.parse_errors += int(info.get("num_parse_errors", 0) or 0)
         self.conversation.add([{"role": "assistant", "content": text}])
+        self._note = None
         if terminated or truncated:
             self.reward = float(reward)
             self.success = bool(info.get("success", reward >= 1.0))
             self.truncated = bool(truncated) and not terminated
             self.done = True
+            self.outcome = _json_only({k: v for k, v in info.items() if k not in STEP_INFO_KEYS})
+        elif isinstance(info.get("privileged"), str) and info["privileged"]:
+            note = info["privileged"]
+            if any(note in str(m.get("content", "")) for m in obs):
+                raise ValueError(f"task {self.task_id!r}: the privileged text of turn {self.turns} shows in the "
+                                 "student's messages")
+            self.turn_privileged.append(note)
+            self._note = note
         return list(obs)
 
     def observe(self, messages: Iterable[dict]) -> None:
-        """Add the env's new messages to the conversation (both views)."""
-        self.conversation.add(messages)
+        """Add the env's new messages to the conversation (the teacher's view gets
+        :meth:`teacher_observation` of them)."""
+        messages = list(messages)
+        teacher = self.teacher_observation(messages) if self._note else None
+        self._note = None
+        self.conversation.add(messages, teacher)
 
     def cut(self, *, unfinished_turn: bool = False) -> None:
         """End the episode from outside (a turn or token limit): truncated, reward 0.
@@ -149,6 +186,18 @@ class Episode:
             if not self.done:
                 self.observe(obs)
         return self
+
+
+def _json_only(values: dict) -> dict:
+    """The items of ``values`` that JSON can write (the rest is dropped, not stringified)."""
+    out = {}
+    for k, v in values.items():
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        out[str(k)] = v
+    return out
 
 
 def play(env, turns: Iterable[str] | Callable[[Episode], str | None], *, seed: int | None = None,

@@ -12,6 +12,14 @@ dict, the row written to ``eval.jsonl``::
 Sampling is seeded from ``seed`` (and the caller's RNG state restored after), so the same weights
 give the same eval samples.
 
+When the categories are the Berkeley Function Calling Leaderboard's, the row also has ``bfcl``: its
+overall scores from the greedy decodes, combined as the leaderboard combines them (``non_live``: the
+unweighted mean of simple_python, multiple, parallel and parallel_multiple; ``live``: the four live
+categories weighted by their tasks; ``multi_turn``: the unweighted mean of the four multi-turn
+categories, task-level), plus ``multi_turn_turn_level`` (scored user turns passed / scored user turns).
+Each gives ``accuracy``, ``num_tasks`` and the ``categories`` it was computed from; a summary whose
+categories were not all evaluated says so in ``missing`` (the leaderboard would show it as N/A).
+
 Example:
     >>> wilson_interval(8, 10)
     [0.4902, 0.9433]
@@ -22,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Evaluation", "summarize", "wilson_interval"]
+__all__ = ["Evaluation", "bfcl_overall", "format_table", "summarize", "wilson_interval"]
 
 SEED_OFFSET = 7919  # eval sampling never shares a seed with a training step's
 
@@ -69,7 +77,57 @@ def summarize(greedy: list, sampled: list[list], k: int, *, by_category: bool = 
                          by_category=False)
             for c in categories
         }
+        overall = bfcl_overall(out["per_category"], greedy)
+        if overall:
+            out["bfcl"] = overall
     return out
+
+
+def bfcl_overall(per_category: dict, greedy: list) -> dict:
+    """The leaderboard's overall scores for the BFCL categories in ``per_category`` (see the module docstring)."""
+    from .envs.bfcl_package import MULTI_TURN_CATEGORIES, OVERALL
+
+    out = {}
+    for name, (how, members) in OVERALL.items():
+        present = [c for c in members if c in per_category]
+        if not present:
+            continue
+        counts = [per_category[c]["num_tasks"] for c in present]
+        rates = [per_category[c]["success"] for c in present]
+        if how == "unweighted":
+            accuracy = sum(rates) / len(rates)
+        else:
+            accuracy = sum(r * n for r, n in zip(rates, counts)) / max(1, sum(counts))
+        row = {"accuracy": accuracy, "how": how, "num_tasks": sum(counts), "categories": present}
+        missing = [c for c in members if c not in per_category]
+        if missing:
+            row["missing"] = missing
+        out[name] = row
+    multi = [t for t in greedy if _category(t) in MULTI_TURN_CATEGORIES]
+    if multi:
+        scored = sum(int((t.task_info or {}).get("scored_turns", 0)) for t in multi)
+        passed = sum(int((getattr(t, "outcome", None) or {}).get("turns_passed", 0)) for t in multi)
+        out["multi_turn_turn_level"] = {"accuracy": passed / scored if scored else 0.0, "how": "turns",
+                                        "num_turns": scored, "num_tasks": len(multi)}
+    return out
+
+
+def format_table(row: dict) -> str:
+    """An evaluation row as a small text table: the overall rates, then each category, then BFCL's summaries."""
+    def rate(v):
+        return "  -  " if v is None else f"{v:.3f}"
+
+    lines = [f"{'':34} {'tasks':>6} {'greedy':>7} {'T=1':>7} {'pass@k':>7}",
+             f"{'all':34} {row['num_tasks']:>6} {rate(row['success']):>7} {rate(row['success_t1']):>7} {rate(row['pass_at_k']):>7}"]
+    for c, r in (row.get("per_category") or {}).items():
+        lines.append(f"  {c:32} {r['num_tasks']:>6} {rate(r['success']):>7} {rate(r['success_t1']):>7} {rate(r['pass_at_k']):>7}")
+    labels = {"non_live": "BFCL non-live (unweighted mean)", "live": "BFCL live (weighted by tasks)",
+              "multi_turn": "BFCL multi-turn, task-level (mean)", "multi_turn_turn_level": "BFCL multi-turn, turn-level"}
+    for name, r in (row.get("bfcl") or {}).items():
+        size = f"{r['num_turns']}t" if "num_turns" in r else r["num_tasks"]
+        note = f"   (missing: {', '.join(r['missing'])})" if r.get("missing") else ""
+        lines.append(f"{labels.get(name, name):34} {size:>6} {rate(r['accuracy']):>7}{note}")
+    return "\n".join(lines)
 
 
 @dataclass

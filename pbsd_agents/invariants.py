@@ -5,9 +5,13 @@ The invariants of the trajectory format, each checked here and by the tests:
 - **mask**: in both views the action mask is 1 on exactly the sampled ids and 0 on every prompt and
   observation id; every action has one finite log-probability <= 0 per id; every action but the
   last ends with a stop token, and a last action without one belongs to a truncated trajectory.
-- **privileged**: the privileged text, and its token ids as a contiguous run, never occur in the
-  student view's prompt or observation tokens (a student may generate it: actions are not checked).
-- **alignment**: the teacher and student views share their segments, so action positions align.
+- **privileged**: no privileged text (the prompt's, nor any that arrived with a later user turn),
+  nor its token ids as a contiguous run, occurs in the student view's prompt or observation tokens
+  (a student may generate it: actions are not checked); the teacher's copy of an observation holds
+  the privileged text of the turn it brings.
+- **alignment**: the teacher and student views share their segments, so action positions align;
+  an observation has a teacher copy only where it differs, and only for turns that brought
+  privileged text.
 - **render**: given the conversation behind a trajectory (from the collector, or rebuilt by
   replaying the actions in the environment), rendering it with the chat template gives the
   trajectory's ids. Prompt and observation ids must match exactly. Action ids may differ from the
@@ -94,7 +98,7 @@ def check_trajectory(traj: Trajectory, renderer=None, *, conversation=None, stop
     out: list[Violation] = []
     out += _check_masks(traj, stops)
     out += _check_alignment(traj)
-    if renderer is not None and traj.privileged:
+    if renderer is not None and traj.privileged_texts:
         out += _check_privileged(traj, renderer)
     if renderer is not None and conversation is not None:
         cmp = compare_render(traj, conversation, renderer)
@@ -109,7 +113,7 @@ def _check_masks(traj: Trajectory, stops: set) -> list[Violation]:
         ids, mask = traj.view(which)
         expected = [0] * len(prompt)
         for seg in traj.segments:
-            expected += [1 if seg.kind == "action" else 0] * len(seg.ids)
+            expected += [1 if seg.kind == "action" else 0] * len(traj.segment_ids(seg, which))
         if len(mask) != len(ids) or mask != expected:
             out.append(Violation("mask", f"{which} view: the action mask is not 1 on exactly the action ids"))
         if sum(mask) != traj.num_action_tokens:
@@ -142,22 +146,41 @@ def _check_alignment(traj: Trajectory) -> list[Violation]:
     s_ids, s_mask = traj.student_view()
     t_ids, t_mask = traj.teacher_view()
     ns, nt = len(traj.student_prompt_ids), len(traj.teacher_prompt_ids)
-    if s_ids[ns:] != t_ids[nt:] or s_mask[ns:] != t_mask[nt:]:
-        return [Violation("alignment", "the student and teacher views do not share their segments")]
-    return []
+    out = []
+    # Taking each observation's student copy in the teacher view must give the student view's segments.
+    shared = [i for seg in traj.segments for i in seg.ids]
+    if s_ids[ns:] != shared or [i for seg in traj.segments for i in traj.segment_ids(seg, "teacher")] != t_ids[nt:]:
+        out.append(Violation("alignment", "the student and teacher views do not share their segments"))
+    elif [m for seg in traj.segments for m in [int(seg.kind == "action")] * len(seg.ids)] != s_mask[ns:] or \
+            [m for seg in traj.segments for m in [int(seg.kind == "action")] * len(traj.segment_ids(seg, "teacher"))] != t_mask[nt:]:
+        out.append(Violation("alignment", "the action positions of the two views do not align segment by segment"))
+    copies = [k for k, seg in enumerate(traj.segments) if seg.teacher_ids is not None]
+    for k in copies:
+        if traj.segments[k].teacher_ids == traj.segments[k].ids:
+            out.append(Violation("alignment", f"segment {k} records a teacher copy equal to the student's"))
+    if len(copies) > len(traj.turn_privileged):
+        out.append(Violation("alignment", f"{len(copies)} observation(s) have a teacher copy, but only "
+                                          f"{len(traj.turn_privileged)} turn(s) brought privileged text"))
+    return out
 
 
 def _check_privileged(traj: Trajectory, renderer) -> list[Violation]:
     out = []
-    text = traj.privileged
-    runs = [r for r in (renderer.encode(text), renderer.encode(" " + text)) if r]
     parts = [("student prompt", traj.student_prompt_ids)]
     parts += [(f"observation segment {k}", s.ids) for k, s in enumerate(traj.segments) if s.kind == "observation"]
-    for name, ids in parts:
-        if text in renderer.decode(ids):
-            out.append(Violation("privileged", f"the privileged text occurs in the {name}"))
-        elif any(_contains_run(ids, r) for r in runs):
-            out.append(Violation("privileged", f"the privileged text's token ids occur in the {name}"))
+    decoded = [(name, ids, renderer.decode(ids)) for name, ids in parts]
+    for n, text in enumerate(traj.privileged_texts):
+        which = "privileged text" if n == 0 and text == traj.privileged else "privileged text of a later turn"
+        runs = [r for r in (renderer.encode(text), renderer.encode(" " + text)) if r]
+        for name, ids, shown in decoded:
+            if text in shown:
+                out.append(Violation("privileged", f"the {which} occurs in the {name}"))
+            elif any(_contains_run(ids, r) for r in runs):
+                out.append(Violation("privileged", f"the {which}'s token ids occur in the {name}"))
+    copies = [(k, s) for k, s in enumerate(traj.segments) if s.teacher_ids is not None]
+    for (k, seg), note in zip(copies, traj.turn_privileged):
+        if note not in renderer.decode(seg.teacher_ids):
+            out.append(Violation("privileged", f"the teacher's copy of observation segment {k} lacks its turn's privileged text"))
     return out
 
 
@@ -201,7 +224,7 @@ def compare_render(traj: Trajectory, conversation, renderer) -> RenderComparison
         prompt = traj.student_prompt_ids if view == "student" else traj.teacher_prompt_ids
         if canon[0][1] != prompt:
             res.violations.append(Violation("render", f"{view} prompt ids differ from the template's rendering of the messages"))
-        obs_traj = [s.ids for s in traj.segments if s.kind == "observation"]
+        obs_traj = [traj.segment_ids(s, view) for s in traj.segments if s.kind == "observation"]
         obs_canon = [ids for kind, ids in canon if kind == "observation"]
         if obs_traj != obs_canon:
             res.violations.append(Violation(

@@ -274,11 +274,21 @@ class Collector:
             episode.cut()
             return
         conv = episode.conversation
-        delta = self.renderer.observation_ids(conv.messages(view), obs, conv.tools, tool_format=conv.tool_format)
+        teacher_obs = episode.teacher_observation(obs)  # differs from obs only when a per-turn privileged note arrived
+        delta = self.renderer.observation_ids(conv.messages(view), obs if view == "student" else teacher_obs,
+                                              conv.tools, tool_format=conv.tool_format)
         if ep.used + len(delta) >= max_tokens:  # no room left for even one more action token
             episode.cut()
             return
-        ep.segments.append(Segment("observation", delta, None, self.renderer.decode(delta)))
+        segment = Segment("observation", delta, None, self.renderer.decode(delta))
+        if teacher_obs != obs:  # the shared segment is the student's; the teacher's copy rides along
+            other = self.renderer.observation_ids(conv.messages("teacher" if view == "student" else "student"),
+                                                  teacher_obs if view == "student" else obs, conv.tools,
+                                                  tool_format=conv.tool_format)
+            s_ids, t_ids = (delta, other) if view == "student" else (other, delta)
+            segment = Segment("observation", s_ids, None, self.renderer.decode(s_ids),
+                              teacher_ids=t_ids if t_ids != s_ids else None)
+        ep.segments.append(segment)
         ep.context.extend(delta)
         ep.used += len(delta)
         episode.observe(obs)
@@ -291,5 +301,6 @@ class Collector:
             student_prompt_ids=ep.student_prompt_ids, teacher_prompt_ids=ep.teacher_prompt_ids,
             segments=ep.segments, reward=e.reward, success=e.success, turns=e.turns, truncated=e.truncated,
             num_parse_errors=e.parse_errors, index=e.index, task_info=e.task_info,
+            turn_privileged=list(e.turn_privileged), outcome=e.outcome,
         )
         return traj, e.conversation

@@ -14,6 +14,11 @@
    the oracle's turns, calls to the env's real tools with random or wrongly typed arguments, random
    unicode) never raise and always give a well-formed step, and never leak the privileged text.
 
+Envs with per-turn privileged context (a step's ``info["privileged"]``, with the next user turn) are
+checked in stages 4 and 5 too: that text is a string, it comes with a user message, it never shows
+in the student's messages (then or later), and the teacher's copy of those messages
+(``teacher_messages(obs, text)``) differs from the student's.
+
 Every problem is collected; at the end an ``AssertionError`` lists them (or, with
 ``raise_on_error=False``, they are returned in the report). The fuzz cases come from a
 ``random.Random(seed)``, so a failure reproduces with the same seed.
@@ -319,15 +324,17 @@ def _check_oracle(env: gym.Env, report: CheckReport, *, seed: int, oracle_tasks:
         if not actions:
             report.add(f"{where} oracle_actions() is empty")
             continue
-        said = ""
+        said, notes = "", [ep.privileged]
         for turn, action in enumerate(actions, 1):
             said += action
             try:
-                ep.step(action)
+                obs = ep.step(action)
+                if not ep.done:
+                    ep.observe(obs)
             except Exception:
                 if ep.last_step is None:  # step() itself raised: the stage reports it
                     raise
-            problems = _step_problems(env, ep.last_step, action, ep.privileged, said)
+            problems = _step_problems(env, ep.last_step, action, notes, said)
             for p in problems:
                 report.add(f"{where} turn {turn}: {p}")
             if problems:
@@ -348,8 +355,12 @@ def _check_oracle(env: gym.Env, report: CheckReport, *, seed: int, oracle_tasks:
                     report.oracle_episodes += 1
 
 
-def _step_problems(env: gym.Env, result: Any, action: str, privileged: str, said: str) -> list[str]:
-    """Everything wrong with one step's return value; ``said`` is what the assistant wrote this episode."""
+def _step_problems(env: gym.Env, result: Any, action: str, privileged: str | list[str], said: str) -> list[str]:
+    """Everything wrong with one step's return value; ``said`` is what the assistant wrote this episode.
+
+    ``privileged``: the episode's privileged texts so far; a per-turn one this step brings is checked
+    and appended to it (pass a list to keep them for the next step)."""
+    notes = privileged if isinstance(privileged, list) else [privileged]
     if not (isinstance(result, tuple) and len(result) == 5):
         return [f"step must return (obs, reward, terminated, truncated, info), got {_short(result)}"]
     obs, reward, terminated, truncated, info = result
@@ -384,10 +395,30 @@ def _step_problems(env: gym.Env, result: Any, action: str, privileged: str, said
             problems.append(f"info['success'] must be a bool when the episode ends, got {_short(info.get('success'))}")
         if obs != []:
             problems.append(f"the observation must be [] when the episode ends, got {_short(obs)}")
+    note = info.get("privileged")
+    if note is not None:
+        problems += _note_problems(env, obs, note, done=bool(terminated or truncated))
+        if isinstance(note, str) and note:
+            notes.append(note)
     # The student may write the privileged text itself (e.g. the gold call) and a tool may echo it.
-    if privileged and privileged not in said and _leaks(obs, privileged):
-        problems.append(f"the privileged text {_short(privileged, 60)} appears in the observation")
+    for text in notes:
+        if text and text not in said and _leaks(obs, text):
+            problems.append(f"the privileged text {_short(text, 60)} appears in the observation")
     return problems
+
+
+def _note_problems(env: gym.Env, obs: Any, note: Any, *, done: bool) -> list[str]:
+    """What is wrong with a step's per-turn privileged text (``info["privileged"]``)."""
+    if not isinstance(note, str):
+        return [f"info['privileged'] of a step must be a str (the next user turn's privileged text), got {_short(note)}"]
+    if not note or done:
+        return [] if not note else ["info['privileged'] came with the episode's last step: no user turn follows"]
+    if not isinstance(obs, list) or not any(isinstance(m, dict) and m.get("role") == "user" for m in obs):
+        return [f"info['privileged'] came without a user message in the observation: {_short(obs)}"]
+    teacher = env.unwrapped.teacher_messages(copy.deepcopy(obs), note)
+    if not env.observation_space.contains(teacher) or teacher == obs:
+        return [f"teacher_messages(obs, info['privileged']) must return chat messages that differ from obs, got {_short(teacher)}"]
+    return []
 
 
 def _leaks(messages: Any, privileged: str) -> bool:
@@ -418,9 +449,9 @@ def _fuzz(env: gym.Env, report: CheckReport, *, seed: int, num_fuzz: int) -> Non
                 reset_seed = rng.randrange(2**31)
                 obs, info = env.reset(seed=reset_seed)
                 report.fuzz_episodes += 1
-                privileged, said, done = info.get("privileged", ""), "", False
-                if privileged and _leaks(obs, privileged):
-                    report.add(f"[reset(seed={reset_seed})] the privileged text {_short(privileged, 60)} appears in the student's messages")
+                privileged, said, done = [info.get("privileged", "")], "", False
+                if privileged[0] and _leaks(obs, privileged[0]):
+                    report.add(f"[reset(seed={reset_seed})] the privileged text {_short(privileged[0], 60)} appears in the student's messages")
                 tools = info.get("tools") or []
                 try:
                     oracle = list(raw.oracle_actions())

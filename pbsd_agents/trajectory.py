@@ -3,7 +3,10 @@
 A trajectory is a student prompt, a teacher prompt, and the segments that follow either prompt:
 ``action`` segments (the exact ids the model sampled, with their sampling log-probabilities) and
 ``observation`` segments (the chat-template delta the environment's messages add). The two views
-share the segments, so action positions align by construction.
+share the segments, so action positions align by construction. With per-turn privileged context an
+observation segment that brings a user turn may carry ``teacher_ids``, the teacher's copy of it (with
+that turn's privileged note); the teacher view uses them in its place, and every other segment,
+each action above all, is the same in both views.
 
 Example:
     >>> t = Trajectory(env_id="pbsd/ToolCall-v0", task_id="t0", source="student", privileged="gold",
@@ -25,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: teacher_ids on segments and turn_privileged (written only when used; 1 otherwise)
+READABLE_VERSIONS = (1, 2)
 SOURCES = ("student", "teacher")
 KINDS = ("action", "observation")
 
@@ -38,10 +42,13 @@ class Segment:
     ids: list[int]
     logprobs: list[float] | None = None  # actions only: log-prob under the distribution sampled from
     text: str = ""
+    teacher_ids: list[int] | None = None  # observations only: the teacher view's ids, where they differ
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"segment kind must be one of {KINDS}, got {self.kind!r}")
+        if self.teacher_ids is not None and self.kind != "observation":
+            raise ValueError("only an observation segment may have teacher_ids (actions are the same in both views)")
         if self.kind == "action" and self.logprobs is not None and len(self.logprobs) != len(self.ids):
             raise ValueError(f"action segment has {len(self.ids)} ids but {len(self.logprobs)} logprobs")
 
@@ -64,6 +71,8 @@ class Trajectory:
     num_parse_errors: int = 0
     index: int | None = None  # the task's index in its split, when known
     task_info: dict = field(default_factory=dict)  # the env's own reset info for the task (e.g. a category)
+    turn_privileged: list[str] = field(default_factory=list)  # privileged texts that arrived with later user turns
+    outcome: dict = field(default_factory=dict)  # the env's own keys of the last step's info (e.g. per-turn results)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -71,21 +80,31 @@ class Trajectory:
 
     # ---- views ---------------------------------------------------------------------------------
 
-    def _view(self, prompt_ids: list[int]) -> tuple[list[int], list[int]]:
+    def segment_ids(self, seg: Segment, view: str) -> list[int]:
+        """A segment's ids in ``view`` (the teacher's copy where it has one)."""
+        return seg.teacher_ids if view == "teacher" and seg.teacher_ids is not None else seg.ids
+
+    def _view(self, prompt_ids: list[int], view: str) -> tuple[list[int], list[int]]:
         ids = list(prompt_ids)
         mask = [0] * len(prompt_ids)
         for seg in self.segments:
-            ids.extend(seg.ids)
-            mask.extend([1 if seg.kind == "action" else 0] * len(seg.ids))
+            seg_ids = self.segment_ids(seg, view)
+            ids.extend(seg_ids)
+            mask.extend([1 if seg.kind == "action" else 0] * len(seg_ids))
         return ids, mask
 
     def student_view(self) -> tuple[list[int], list[int]]:
         """``(input_ids, action_mask)`` under the student prompt."""
-        return self._view(self.student_prompt_ids)
+        return self._view(self.student_prompt_ids, "student")
 
     def teacher_view(self) -> tuple[list[int], list[int]]:
-        """``(input_ids, action_mask)`` under the teacher (privileged) prompt."""
-        return self._view(self.teacher_prompt_ids)
+        """``(input_ids, action_mask)`` under the teacher (privileged) prompt, with the teacher's copies of user turns."""
+        return self._view(self.teacher_prompt_ids, "teacher")
+
+    @property
+    def privileged_texts(self) -> list[str]:
+        """Every privileged text of the trajectory (the prompt's, then each later turn's), empty ones left out."""
+        return [p for p in [self.privileged, *self.turn_privileged] if p]
 
     def view(self, which: str) -> tuple[list[int], list[int]]:
         if which == "student":
@@ -116,8 +135,9 @@ class Trajectory:
         """The JSON-lines record (``version`` first; ``task_info`` only when the env reported any)."""
         s_ids, s_mask = self.student_view()
         t_ids, t_mask = self.teacher_view()
+        per_turn = bool(self.turn_privileged) or any(seg.teacher_ids is not None for seg in self.segments)
         return {
-            "version": FORMAT_VERSION,
+            "version": FORMAT_VERSION if per_turn else 1,  # files of single-context envs stay readable by version-1 readers
             "env_id": self.env_id,
             "task_id": self.task_id,
             "index": self.index,
@@ -129,6 +149,8 @@ class Trajectory:
             "truncated": self.truncated,
             "num_parse_errors": self.num_parse_errors,
             **({"task_info": self.task_info} if self.task_info else {}),
+            **({"turn_privileged": self.turn_privileged} if self.turn_privileged else {}),
+            **({"outcome": self.outcome} if self.outcome else {}),
             "student_prompt_len": len(self.student_prompt_ids),
             "teacher_prompt_len": len(self.teacher_prompt_ids),
             "student_input_ids": s_ids,
@@ -136,7 +158,8 @@ class Trajectory:
             "teacher_input_ids": t_ids,
             "teacher_action_mask": t_mask,
             "segments": [
-                {k: v for k, v in asdict(s).items() if not (k == "logprobs" and s.kind != "action")}
+                {k: v for k, v in asdict(s).items()
+                 if not (k == "logprobs" and s.kind != "action") and not (k == "teacher_ids" and v is None)}
                 for s in self.segments
             ],
         }
@@ -147,18 +170,22 @@ class Trajectory:
     @classmethod
     def from_dict(cls, d: dict) -> "Trajectory":
         version = d.get("version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"unsupported trajectory format version {version!r} (this kit reads {FORMAT_VERSION})")
-        segments = [Segment(s["kind"], list(s["ids"]), s.get("logprobs"), s.get("text", "")) for s in d["segments"]]
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"unsupported trajectory format version {version!r} (this kit reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
+        segments = [Segment(s["kind"], list(s["ids"]), s.get("logprobs"), s.get("text", ""),
+                            list(s["teacher_ids"]) if s.get("teacher_ids") is not None else None) for s in d["segments"]]
         n_seg = sum(len(s.ids) for s in segments)
+        n_teacher = sum(len(s.teacher_ids if s.teacher_ids is not None else s.ids) for s in segments)
         s_ids, t_ids = d["student_input_ids"], d["teacher_input_ids"]
         s_len = d.get("student_prompt_len", len(s_ids) - n_seg)
-        t_len = d.get("teacher_prompt_len", len(t_ids) - n_seg)
+        t_len = d.get("teacher_prompt_len", len(t_ids) - n_teacher)
         traj = cls(
             env_id=d["env_id"], task_id=d["task_id"], source=d["source"], privileged=d["privileged"],
             student_prompt_ids=list(s_ids[:s_len]), teacher_prompt_ids=list(t_ids[:t_len]), segments=segments,
             reward=d["reward"], success=d["success"], turns=d["turns"], truncated=d["truncated"],
             num_parse_errors=d.get("num_parse_errors", 0), index=d.get("index"), task_info=dict(d.get("task_info") or {}),
+            turn_privileged=list(d.get("turn_privileged") or []), outcome=dict(d.get("outcome") or {}),
         )
         if traj.student_view() != (s_ids, d["student_action_mask"]) or traj.teacher_view() != (
             t_ids, d["teacher_action_mask"]

@@ -112,6 +112,76 @@ class AdderEnv(ChatToolEnv):
 if TOY_ENV_ID not in gymnasium.registry:
     gymnasium.register(TOY_ENV_ID, entry_point=AdderEnv)
 
+RELAY_ENV_ID = "pbsd-test/Relay-v0"
+
+
+class RelayEnv(ChatToolEnv):
+    """Toy env with per-turn privileged context: two user turns (add a and b; then add c to that),
+    each ended by a reply without a call; the teacher learns each turn's call when that turn starts.
+    ``leak=True`` makes a broken env that shows the second turn's note in the student's message."""
+
+    num_tasks = 20
+
+    def __init__(self, leak: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.leak = leak
+
+    def _numbers(self, index):
+        return 5 + index, 20 + index, 300 + index
+
+    def make_task(self, index: int) -> Task:
+        a, b, c = self._numbers(index)
+        add = Tool("add", "Add two integers.",
+                   {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                    "required": ["a", "b"], "additionalProperties": False},
+                   lambda a, b: f"result = {a + b}")
+        return Task(
+            task_id=f"relay-{self.split}-{index}",
+            messages=[{"role": "system", "content": "Use the add tool; say 'ok' when a request is done."},
+                      {"role": "user", "content": f"Relay {index}: add {a} and {b}."}],
+            privileged=f"TURN-1-PLAN-{index}: " + format_tool_call("add", {"a": a, "b": b}),
+            oracle=[format_tool_call("add", {"a": a, "b": b}), "ok", format_tool_call("add", {"a": a + b, "b": c}), "ok"],
+            tools=[add], gold=(a + b, a + b + c))
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self._user_turn, self._results = 0, []
+        return obs, info
+
+    def step(self, action):
+        self._turn += 1
+        self.messages.append({"role": "assistant", "content": action})
+        from pbsd_agents.tools.parsers import ParsedCall, parse_tool_calls
+
+        results = parse_tool_calls(action, self.tool_format)
+        info = {"tool_calls": [{"name": r.name, "arguments": r.arguments} for r in results if isinstance(r, ParsedCall)],
+                "parse_errors": [], "num_parse_errors": 0, "turn": self._turn}
+        if results:
+            obs = self.run_calls(results)
+            self._results += [m["content"] for m in obs]
+            if self._turn >= self.max_turns:
+                return self._end(info, 0.0, {}, terminated=False)
+            self.messages.extend(obs)
+            return obs, 0.0, False, False, info
+        self._user_turn += 1
+        if self._user_turn == 2:
+            reward = float(f"result = {self.task.gold[1]}" in self._results)
+            return self._end(info, reward, {"turn_passed": [f"result = {self.task.gold[0]}" in self._results, bool(reward)]},
+                             terminated=True)
+        a, b, c = self._numbers(int(self.task.task_id.rsplit("-", 1)[1]))
+        note = "TURN-2-PLAN: " + format_tool_call("add", {"a": a + b, "b": c})
+        obs = [{"role": "user", "content": f"Now add {c} to that." + (f" {note}" if self.leak else "")}]
+        info["privileged"] = note
+        self.messages.extend(obs)
+        return obs, 0.0, False, False, info
+
+    def score(self, transcript):  # the episode is scored in step()
+        return 0.0, {}
+
+
+if RELAY_ENV_ID not in gymnasium.registry:
+    gymnasium.register(RELAY_ENV_ID, entry_point=RelayEnv)
+
 
 class ScriptedEngine:
     """An engine that plays scripted assistant turns: ``script(prompt_text, turn) -> str or list[int]``.
@@ -164,3 +234,42 @@ def oracle_script(env_id_or_cls, indices, *, faults=(), env_kwargs=None):
         raise AssertionError("scripted engine: unknown task in prompt")
 
     return script
+
+
+# ---- the bfcl-eval package (reference data and the leaderboard's own checkers) ---------------------
+
+
+def bfcl_eval_or_skip():
+    """The installed ``bfcl_eval`` package, or skip the calling test when it is absent."""
+    return pytest.importorskip("bfcl_eval", reason="needs bfcl-eval (pip install --no-deps bfcl-eval==2026.3.23)")
+
+
+@functools.lru_cache(maxsize=None)
+def official_ast_checker():
+    """The leaderboard's ``ast_checker`` and its ``Language`` enum.
+
+    Its module imports the package's model registry, which imports API clients that a ``--no-deps``
+    install lacks; the checker reads only ``underscore_to_dot`` from it, so a registry of two model
+    names stands in: ``"plain"`` (names as written) and ``"under"`` (dots expected as underscores).
+    """
+    import sys
+    import types
+
+    bfcl_eval_or_skip()
+    if "bfcl_eval.constants.model_config" not in sys.modules:
+        registry = types.ModuleType("bfcl_eval.constants.model_config")
+        registry.MODEL_CONFIG_MAPPING = {"plain": types.SimpleNamespace(underscore_to_dot=False),
+                                         "under": types.SimpleNamespace(underscore_to_dot=True)}
+        sys.modules["bfcl_eval.constants.model_config"] = registry
+    from bfcl_eval.constants.enums import Language
+    from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
+
+    return ast_checker, Language.PYTHON
+
+
+def official_multi_turn_checker():
+    """The leaderboard's ``multi_turn_checker`` (it evaluates call strings: for tests only, never the env)."""
+    bfcl_eval_or_skip()
+    from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
+
+    return multi_turn_checker

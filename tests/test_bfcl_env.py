@@ -59,7 +59,7 @@ def tiny(tmp_path):
 
 
 def test_no_data_path_says_what_to_pass():
-    with pytest.raises(ValueError, match="needs data_path="):
+    with pytest.raises(ValueError, match=r"needs category= \(one of simple_python, .*\) or data_path="):
         make()
 
 

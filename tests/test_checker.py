@@ -325,3 +325,64 @@ def test_first_alternatives_pass_and_a_foreign_value_fails(t, data):
 @given(st.text())
 def test_normalize_string_is_idempotent(s):
     assert normalize_string(normalize_string(s)) == normalize_string(s)
+
+
+# ---- where the leaderboard is stricter or looser than a plain reading (each also checked against it) ---
+
+S_TAGS = fn("f", {"tags": {"type": "array", "items": {"type": "string"}}, "n": T["integer"]}, ["n"])
+S_OPTS = fn("f", {"opts": {"type": "dict", "properties": {"names": {"type": "array"}, "mode": T["string"]}}}, ["opts"])
+S_DOTTED = fn("geo.area", {"base": T["float"]}, ["base"])
+
+LEADERBOARD_CASES = [
+    # an optional list given as [] where "" is acceptable: the leaderboard reads "" as the empty list
+    ("optional list given []", S_TAGS, {"tags": [["a"], ""], "n": [1]}, {"n": 1, "tags": []}, True),
+    ("optional list omitted", S_TAGS, {"tags": [["a"], ""], "n": [1]}, {"n": 1}, True),
+    ("required list given [] without an empty alternative", S_TAGS, {"tags": [["a"]], "n": [1]}, {"n": 1, "tags": []}, False),
+    # strings are normalised in a list at the top level, but a list inside a dict is compared as it is
+    ("list case at the top level", S_TAGS, {"tags": [["New York"]], "n": [1]}, {"n": 1, "tags": ["new york"]}, True),
+    ("list case inside a dict", S_OPTS, {"opts": [{"names": [["New York"]], "mode": ["fast"]}]},
+     {"opts": {"names": ["new york"], "mode": "FAST"}}, False),
+    ("list inside a dict, exact", S_OPTS, {"opts": [{"names": [["New York"]], "mode": ["fast"]}]},
+     {"opts": {"names": ["New York"], "mode": "FAST"}}, True),
+    # a bare string as the acceptable values: its characters are the alternatives, and it may be omitted
+    ("bare string omitted", S_TAGS, {"tags": "ab", "n": [1]}, {"n": 1}, True),
+    ("bare string given whole", fn("f", {"s": T["string"]}, ["s"]), {"s": "ab"}, {"s": "ab"}, False),
+    ("bare string given one character", fn("f", {"s": T["string"]}, ["s"]), {"s": "ab"}, {"s": "b"}, True),
+    # a bare value inside a gold dict is part of the data: compared literally
+    ("nested dict compared literally", fn("f", {"d": {"type": "dict", "properties": {}}}, ["d"]),
+     {"d": [{"pos": [{"x": 1.5, "y": 2}]}]}, {"d": {"pos": {"x": 1.5, "y": 2}}}, True),
+    ("nested dict with another value", fn("f", {"d": {"type": "dict", "properties": {}}}, ["d"]),
+     {"d": [{"pos": [{"x": 1.5, "y": 2}]}]}, {"d": {"pos": {"x": 1.5, "y": 3}}}, False),
+]
+
+
+@pytest.mark.parametrize("rule,schema,gold,args,ok", LEADERBOARD_CASES, ids=[c[0] for c in LEADERBOARD_CASES])
+def test_leaderboard_rules(rule, schema, gold, args, ok):
+    assert check_call(schema["name"], args, {schema["name"]: gold}, schema).ok is ok
+    try:
+        from tests.support import official_ast_checker
+
+        checker, python = official_ast_checker()
+    except pytest.skip.Exception:
+        return
+    official = checker([copy.deepcopy(schema)], [{schema["name"]: copy.deepcopy(args)}], [{schema["name"]: copy.deepcopy(gold)}],
+                       python, "simple_python", "plain")
+    assert official["valid"] is ok, official
+
+
+def test_a_bare_non_string_value_can_never_be_met():
+    from pbsd_agents.envs.checker import gold_value_problem
+
+    schema = fn("f", {"n": T["integer"]}, ["n"])
+    res = check_call("f", {"n": 3}, {"f": {"n": 3}}, schema)
+    assert (res.ok, res.error_type) == (False, "invalid_gold")
+    assert gold_value_problem(3) == "its acceptable values are a bare int 3, not a list"
+    assert gold_value_problem([3]) is None and gold_value_problem("ab") is None
+
+
+def test_underscore_names_reject_the_dotted_name():
+    gold = [{"geo.area": {"base": [1.0]}}]
+    assert check_calls([("geo_area", {"base": 1.0})], gold, [S_DOTTED], underscore_names=True).ok
+    res = check_calls([("geo.area", {"base": 1.0})], gold, [S_DOTTED], underscore_names=True)
+    assert res.error_type == "wrong_function"
+    assert check_calls([("geo.area", {"base": 1.0})], gold, [S_DOTTED]).ok

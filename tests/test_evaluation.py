@@ -72,3 +72,27 @@ def test_run_is_seeded_caps_tasks_and_restores_the_rng():
     assert sampled_tasks == [i for i in range(8) for _ in range(3)] and s["temperature"] == 0.7
     other, _ = Evaluation("pbsd/MathCalc-v0", {"split": "test"}, num_tasks=8, pass_k=3, seed=2).run(RecordingCollector())
     assert other["success_t1"] != row["success_t1"] or other["success"] != row["success"]
+
+
+def test_bfcl_overall_scores_follow_the_leaderboard():
+    from pbsd_agents.evaluation import format_table
+
+    def mt(success, category, passed, scored):
+        t = traj(success, category)
+        t.task_info["scored_turns"] = scored
+        t.outcome = {"turns_passed": passed}
+        return t
+
+    greedy = ([traj(True, "simple_python")] * 3 + [traj(False, "simple_python")] + [traj(False, "multiple")]
+              + [traj(True, "live_simple")] * 9 + [traj(False, "live_multiple")]
+              + [mt(True, "multi_turn_base", 4, 4), mt(False, "multi_turn_base", 1, 4), mt(False, "multi_turn_miss_func", 2, 3)])
+    row = summarize(greedy, [], 0)
+    bfcl = row["bfcl"]
+    assert bfcl["non_live"]["accuracy"] == pytest.approx((0.75 + 0.0) / 2)  # unweighted over the categories present
+    assert bfcl["non_live"]["missing"] == ["parallel", "parallel_multiple"]
+    assert bfcl["live"]["accuracy"] == pytest.approx(9 / 10)  # weighted by tasks
+    assert bfcl["multi_turn"]["accuracy"] == pytest.approx((0.5 + 0.0) / 2)
+    assert bfcl["multi_turn_turn_level"] == {"accuracy": pytest.approx(7 / 11), "how": "turns", "num_turns": 11, "num_tasks": 3}
+    table = format_table(row)
+    assert "BFCL live (weighted by tasks)" in table and "BFCL multi-turn, turn-level" in table and "multi_turn_base" in table
+    assert "bfcl" not in summarize([traj(True, "simple")], [], 0)  # another env's categories: no BFCL summary

@@ -86,7 +86,7 @@ class Tool:
             raise ValueError(f"tool {name!r}: parameters must be a JSON Schema object, got {parameters!r}")
         if max_output_chars < 16:
             raise ValueError(f"tool {name!r}: max_output_chars must be >= 16, got {max_output_chars}")
-        jsonschema.Draft202012Validator.check_schema(parameters)
+        _check_schema_once(parameters)
         self.name = name
         self.description = description
         self.parameters = parameters
@@ -171,6 +171,23 @@ class Tool:
         if keep <= 0:  # a cap too small for the note: cut hard, the cap is the promise
             return text[: self.max_output_chars]
         return text[:keep] + f"... [truncated {len(text) - keep} chars]"[: self.max_output_chars - keep]
+
+
+_CHECKED_SCHEMAS: set[str] = set()
+
+
+def _check_schema_once(parameters: dict) -> None:
+    """``check_schema`` once per distinct schema per process: it costs milliseconds, and loaders
+    build the same schemas for every task that lists the same function."""
+    try:
+        key = json.dumps(parameters, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON (a schema built in Python): check it every time
+        key = None
+    if key is not None and key in _CHECKED_SCHEMAS:
+        return
+    jsonschema.Draft202012Validator.check_schema(parameters)
+    if key is not None:
+        _CHECKED_SCHEMAS.add(key)
 
 
 def acknowledge(name: str) -> Callable[..., str]:

@@ -9,7 +9,7 @@ can fix (an unknown env id, a missing model) are one line on stderr and exit cod
 
 Example:
     >>> main(["envs"])  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
-    pbsd/BFCL-v0 Berkeley Function Calling Leaderboard files ...
+    pbsd/BFCL-v0 Berkeley Function Calling Leaderboard, single turn: ...
     0
 """
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from ..config import ENGINES, TrainConfig
 from .common import CLIError, load_model, parse_kv, probe_env
 
 HELP = "evaluate a model or checkpoint on held-out tasks"
 DESCRIPTION = ("Greedy success (and with --pass-k, T=1 success and pass@k), each with a 95% interval, of a model or "
-               "checkpoint on an environment's test split; broken down per category when the env reports one. "
+               "checkpoint on an environment's test split; broken down per category when the env reports one (with the "
+               "leaderboard's overall scores for BFCL categories, also printed as a table on stderr). "
                "A checkpoint's run config supplies the defaults marked 'run's'.")
 _D = TrainConfig()
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     probe_env(s["env"], s["env_kwargs"])
 
     from .. import checkpoint
-    from ..evaluation import Evaluation
+    from ..evaluation import Evaluation, format_table
     from ..rollout import Collector
     from ..trajectory import save_jsonl
 
@@ -85,4 +87,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         save_jsonl(greedy, args.out)
     print(json.dumps(row, indent=2))
+    print(format_table(row), file=sys.stderr)  # for people; stdout stays one JSON document
     return 0

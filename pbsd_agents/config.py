@@ -16,7 +16,7 @@ ENGINES = ("hf", "hf-generate", "vllm")
 REPORT_TO = ("none", "tensorboard")
 # What may differ from the run's config.yaml on --resume: the budget, the cadences, where and how it reports.
 RESUMABLE = ("steps", "max_trajectories", "max_wall_s", "eval_every", "save_every", "keep_last", "out", "resume",
-             "device", "report_to", "progress")
+             "device", "threads", "report_to", "progress")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -69,6 +69,8 @@ class TrainConfig:
                         f"only {', '.join(RESUMABLE[:-3])}, device, report_to and progress may differ from it")
     seed: int = _opt(0, "random seed (tasks and sampling of every step derive from it)")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = _opt(0, "torch CPU threads (0 = auto: 1 for models under 50 M parameters, whose ops are too "
+                        "small to split and which a busy second core slows down; torch's default otherwise)")
     report_to: str = _opt("none", "also log to: none or tensorboard")
     progress: bool = _opt(True, "show progress bars and messages")
 
@@ -109,6 +111,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = auto), got {self.threads}")
         if not _DEVICE.fullmatch(self.device):
             raise ValueError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
         for name in ("env_kwargs", "eval_env_kwargs", "algo_args"):

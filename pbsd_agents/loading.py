@@ -121,6 +121,28 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+SMALL_MODEL_PARAMS = 50_000_000
+
+
+def set_cpu_threads(model, requested: int = 0) -> int:
+    """Set torch's intra-op CPU threads for work on ``model`` and return the count.
+
+    ``requested`` > 0 is used as given. ``0`` (auto): one thread for models under 50 M parameters,
+    whose matrix products are too small to split (a second thread adds synchronisation, and on a
+    shared machine it waits for a busy core: measured in docs/BENCHMARKS.md); torch's default otherwise.
+    """
+    import torch
+
+    if requested < 0:
+        raise ValueError(f"threads must be >= 0 (0 = auto), got {requested}")
+    if requested == 0:
+        if sum(p.numel() for p in model.parameters()) >= SMALL_MODEL_PARAMS:
+            return torch.get_num_threads()
+        requested = 1
+    torch.set_num_threads(requested)
+    return requested
+
+
 def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_dropout: float = 0.0,
                 device: str | None = None, dtype=None, frozen_teacher: bool = True):
     """Load a causal LM and its tokenizer as a :class:`~pbsd_agents.models.Policy`.

@@ -5,7 +5,7 @@
     python scripts/bench_rollout.py --tokenizer DIR --quick      # small sizes (a smoke test)
     python scripts/bench_rollout.py --tokenizer DIR --device cuda
 
-Three measurements, each alternating the two engines (or settings) in one process, so both see the
+Two measurements, each alternating the two engines (or settings) in one process, so both see the
 same machine and load; report ratios, not absolute times:
 
 1. **Generation** tokens/s at batch 8/16/32/64 for the embedded default model and for a 41 M-parameter
@@ -16,9 +16,10 @@ same machine and load; report ratios, not absolute times:
    the kit's scoring path (one no-grad forward, LM head at the generated positions), and the ratio
    generation / scoring — the overhead measure (1.0 would mean a token costs no more to generate
    than to score).
-2. **Main job** (``pbsd-agents train`` defaults): two trainers, one per engine, alternating step by
-   step; mean step time split into collect, teacher scoring and the rest of the update.
-3. **Threads**: the main job with the cached engine at 1 and at 2 torch threads, alternating.
+2. **Main job** (``pbsd-agents train`` defaults): one trainer per engine and torch thread count (1,
+   and torch's default), all alternating step by step; mean step time split into collect, teacher
+   scoring and update; the previous defaults (``hf-generate``, torch's threads) against the new ones
+   (``hf``, ``--threads`` auto).
 
 The report replaces the part of ``--out`` between ``<!-- bench_rollout -->`` markers (appended when absent).
 """
@@ -164,34 +165,44 @@ def trainer(engine: str, folder: str, device: str, quick: bool):
     return t
 
 
-def bench_main_job(args, settings: dict) -> dict:
-    """Alternate ``train_step`` of one trainer per setting; ``settings``: label -> (engine, threads or None)."""
+def bench_main_job(args) -> dict:
+    """Alternate ``train_step`` of one trainer per (engine, torch threads), every setting on the same load.
+
+    Threads: 1, and torch's default (the number of cores) when it is more. The previous kit ran
+    ``hf-generate`` at torch's default; the new default is ``hf`` with ``--threads 0`` (auto).
+    """
     import torch
 
-    base_threads = torch.get_num_threads()
+    from pbsd_agents.loading import set_cpu_threads
+
+    default_threads = torch.get_num_threads()
+    counts = sorted({1, default_threads})
+    settings = {f"{engine}, {n} thread{'s' if n > 1 else ''}": (engine, n) for n in counts for engine in ENGINES}
     tmp = tempfile.mkdtemp(prefix="bench-rollout-")
     try:
-        trainers = {label: trainer(engine, os.path.join(tmp, label), args.device, args.quick)
-                    for label, (engine, _) in settings.items()}
+        trainers = {label: trainer(engine, os.path.join(tmp, str(i)), args.device, args.quick)
+                    for i, (label, (engine, _)) in enumerate(settings.items())}
+        auto = set_cpu_threads(next(iter(trainers.values())).policy.model, 0)
         rows = {label: [] for label in settings}
         for step in range(1 + args.steps):
             order = list(settings) if step % 2 else list(settings)[::-1]
             for label in order:
-                torch.set_num_threads(settings[label][1] or base_threads)
+                torch.set_num_threads(settings[label][1])
                 row = trainers[label].train_step()
                 if step:
                     rows[label].append(row)
-        torch.set_num_threads(base_threads)
     finally:
+        torch.set_num_threads(default_threads)
         shutil.rmtree(tmp, ignore_errors=True)
     out = {}
     for label, rs in rows.items():
         def mean(key):
             return statistics.mean(r.get(key) or 0.0 for r in rs)
         tokens = (rs[-1]["tokens"] - rs[0]["tokens"]) / max(1, len(rs) - 1) if len(rs) > 1 else rs[0]["tokens"]
-        out[label] = {"wall": mean("wall_s"), "collect": mean("collect_s"), "teacher": mean("teacher_score_s"),
-                      "update": mean("update_s"), "tokens": tokens, "threads": settings[label][1] or base_threads}
-    return out
+        out[label] = {"engine": settings[label][0], "threads": settings[label][1], "wall": mean("wall_s"),
+                      "collect": mean("collect_s"), "teacher": mean("teacher_score_s"), "update": mean("update_s"),
+                      "tokens": tokens}
+    return {"rows": out, "default_threads": default_threads, "auto_threads": auto}
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -212,7 +223,7 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python {platform.python_version()}")
 
 
-def report(args, gen: list[dict], job: dict, threads: dict, wall: float) -> str:
+def report(args, gen: list[dict], job: dict, wall: float) -> str:
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = [START, "## Rollout engine: the kit's cached decoding vs transformers `generate`", ""]
     out.append(f"Written by `python scripts/bench_rollout.py {argv}` on {time.strftime('%Y-%m-%d')} "
@@ -231,24 +242,29 @@ def report(args, gen: list[dict], job: dict, threads: dict, wall: float) -> str:
                      [[r["model"], r["batch"], r["prompt_mean"], r["tokens_per_row"], r["old"], r["new"],
                        f"**{r['speedup']:.2f}×**", r["score"], r["overhead_old"], r["overhead_new"]] for r in gen]))
     out.append("")
-    if job:
-        old, new = job["hf-generate"], job["hf"]
-        out.append("### Main job (`pbsd-agents train` defaults: embedded model, `pbsd/MathCalc-v0`, PBSD, 8 tasks per step)")
-        out.append("")
-        out.append(f"Mean of {args.steps} step(s) per engine after a warm-up step, the two trainers alternating step by "
-                   "step. *Teacher scoring* is part of *update*.")
-        out.append("")
-        rows = [[label, r["wall"], r["collect"], r["teacher"], r["update"], r["tokens"]] for label, r in job.items()]
-        rows.append(["**ratio hf-generate / hf**", f"**{old['wall'] / new['wall']:.2f}×**", f"{old['collect'] / new['collect']:.2f}×",
-                     f"{old['teacher'] / max(new['teacher'], 1e-9):.2f}×", f"{old['update'] / new['update']:.2f}×", ""])
-        out.append(table(["engine", "step (s)", "collect (s)", "teacher scoring (s)", "update (s)", "sampled tokens/step"], rows))
-        out.append("")
-    if threads:
-        out.append("### Threads (cached engine, main job)")
-        out.append("")
-        out.append(table(["torch threads", "step (s)", "collect (s)", "update (s)"],
-                         [[r["threads"], r["wall"], r["collect"], r["update"]] for r in threads.values()]))
-        out.append("")
+    rows, base, auto = job["rows"], job["default_threads"], job["auto_threads"]
+
+    def pick(engine, threads):
+        return next(r for r in rows.values() if r["engine"] == engine and r["threads"] == threads)
+
+    out.append("### Main job (`pbsd-agents train` defaults: embedded model, `pbsd/MathCalc-v0`, PBSD, 8 tasks per step)")
+    out.append("")
+    out.append(f"One trainer per engine and torch thread count, all alternating step by step; mean of {args.steps} "
+               "step(s) each after a warm-up step. *Teacher scoring* is part of *update*.")
+    out.append("")
+    out.append(table(["engine, threads", "step (s)", "collect (s)", "teacher scoring (s)", "update (s)", "sampled tokens/step"],
+                     [[label, r["wall"], r["collect"], r["teacher"], r["update"], r["tokens"]] for label, r in rows.items()]))
+    out.append("")
+    before, after = pick("hf-generate", base), pick("hf", auto)
+    lines = [f"- **Previous defaults (hf-generate, {base} thread(s)) / new defaults (hf, auto = {auto} thread(s)): "
+             f"{before['wall'] / after['wall']:.2f}× per step** (collect {before['collect'] / after['collect']:.2f}×, "
+             f"update {before['update'] / after['update']:.2f}×)."]
+    for n in sorted({r["threads"] for r in rows.values()}):
+        o, w = pick("hf-generate", n), pick("hf", n)
+        lines.append(f"- Engine alone at {n} thread(s): {o['wall'] / w['wall']:.2f}× per step, collect "
+                     f"{o['collect'] / w['collect']:.2f}×.")
+    out.extend(lines)
+    out.append("")
     out.append(END)
     return "\n".join(out) + "\n"
 
@@ -271,11 +287,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     t0 = now()
     gen = bench_generation(args)
-    job = bench_main_job(args, {"hf-generate": ("hf-generate", None), "hf": ("hf", None)})
-    threads = {}
-    if args.device == "cpu" and (os.cpu_count() or 1) > 1:
-        threads = bench_main_job(args, {"1 thread": ("hf", 1), "2 threads": ("hf", 2)})
-    section = report(args, gen, job, threads, now() - t0)
+    job = bench_main_job(args)
+    section = report(args, gen, job, now() - t0)
     write(Path(args.out), section)
     print(section)
     print(f"[bench_rollout] wrote {args.out}", file=sys.stderr)

@@ -149,5 +149,5 @@ def test_for_policy_builds_an_hf_collector():
     policy = Policy(tiny_model("byte"), byte_tok(), frozen_teacher=False)
     c = Collector.for_policy(policy, progress=False, batch_size=8)
     assert isinstance(c.engine, HFEngine) and c.num_envs == 8 and c.renderer.eot_token == "<|im_end|>"
-    with pytest.raises(ValueError, match="valid choices: hf, vllm"):
+    with pytest.raises(ValueError, match="valid choices: hf, hf-generate, vllm"):
         Collector.for_policy(policy, engine="sglang")

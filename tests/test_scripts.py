@@ -61,5 +61,6 @@ def test_bench_rollout_quick_writes_every_table(tmp_path, shared_data):
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text(encoding="utf-8")
-    for heading in ("### Generation", "### Main job", "**ratio hf-generate / hf**", "embedded default model", "vocab 151,665"):
+    for heading in ("### Generation", "### Main job", "Previous defaults", "Engine alone at 1 thread", "embedded default model",
+                    "vocab 151,665"):
         assert heading in text

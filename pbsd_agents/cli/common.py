@@ -60,15 +60,25 @@ def probe_env(env_id: str, env_kwargs: dict) -> int | None:
         raise CLIError(detail) from None
 
 
-def load_model(model: str, **kwargs):
-    """:func:`~pbsd_agents.checkpoint.load_any`, with a model that cannot be found as a one-line error."""
+def load_model(model: str, threads: int = 0, **kwargs):
+    """:func:`~pbsd_agents.checkpoint.load_any`, with a model that cannot be found as a one-line error;
+    then torch's CPU threads as ``--threads`` says (:func:`~pbsd_agents.loading.set_cpu_threads`)."""
     from ..checkpoint import load_any
+    from ..loading import set_cpu_threads
 
     quiet_transformers()
     try:
-        return load_any(model, **kwargs)
+        policy = load_any(model, **kwargs)
     except (FileNotFoundError, ImportError, ValueError) as exc:  # ImportError: a preset's package is missing
         raise CLIError(str(exc).splitlines()[0]) from None
+    set_cpu_threads(policy.model, threads)
+    return policy
+
+
+def add_threads_flag(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="torch CPU threads (0 = auto: 1 for models under 50 M parameters, whose ops are too small "
+                             "to split and which a busy second core slows down; torch's default otherwise)")
 
 
 def quiet_transformers() -> None:

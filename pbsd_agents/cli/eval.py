@@ -13,7 +13,7 @@ import json
 import sys
 
 from ..config import ENGINES, TrainConfig
-from .common import CLIError, load_model, parse_kv, probe_env
+from .common import CLIError, add_threads_flag, load_model, parse_kv, probe_env
 
 HELP = "evaluate a model or checkpoint on held-out tasks"
 DESCRIPTION = ("Greedy success (and with --pass-k, T=1 success and pass@k), each with a 95% interval, of a model or "
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES, default="hf",
                    help="rollout engine: hf (cached decoding), hf-generate (transformers generate, slower), vllm (experimental)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1...")
+    add_threads_flag(p)
     p.add_argument("--out", default=None, metavar="FILE.jsonl", help="also write the greedy trajectories to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     state = checkpoint.read_state(args.model) if checkpoint.is_checkpoint(args.model) else {}
     evaluation = Evaluation(view=args.view, **s)
-    policy = load_model(args.model, device=args.device, frozen_teacher=False)  # nothing trains: no frozen copy
+    policy = load_model(args.model, threads=args.threads, device=args.device, frozen_teacher=False)  # nothing trains: no frozen copy
     collector = Collector.for_policy(policy, engine=args.engine, progress=not args.no_progress)
     row, greedy = evaluation.run(collector, step=state.get("step", 0), trajectories=state.get("trajectories", 0))
     if args.out:

@@ -7,7 +7,7 @@ import json
 import time
 
 from ..config import ENGINES
-from .common import CLIError, load_model, probe_env
+from .common import CLIError, add_threads_flag, load_model, probe_env
 
 HELP = "collect trajectories with a model and write them as JSON lines"
 
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES, default="hf",
                    help="rollout engine: hf (cached decoding), hf-generate (transformers generate, slower), vllm (experimental)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1...")
+    add_threads_flag(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--check", action="store_true", help="check the written file against the trajectory invariants (exit 1 if broken)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     # no training here, so the teacher's weights are the loaded ones: no frozen copy needed
-    policy = load_model(args.model, device=args.device, dtype=args.dtype, frozen_teacher=False)
+    policy = load_model(args.model, threads=args.threads, device=args.device, dtype=args.dtype, frozen_teacher=False)
     collector = Collector.for_policy(policy, engine=args.engine, batch_size=args.batch_size, progress=not args.no_progress)
     tasks = [i for i in range(args.start, args.start + n_tasks) for _ in range(args.repeat)]
     t1 = time.time()

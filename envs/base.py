@@ -61,8 +61,8 @@ class Transcript:
     Attributes:
         messages: the whole conversation, the final assistant turn included (tool results too).
         final_text: the final assistant turn.
-        calls: the tool calls parsed from ``final_text`` (single-turn envs; a multi-turn episode ends
-            at a turn without calls).
+        calls: the tool calls parsed from ``final_text`` (single-turn envs, or a turn that called one of
+            the env's ``terminal_tools``; otherwise a multi-turn episode ends at a turn without calls).
         parse_errors: the call attempts in ``final_text`` that could not be parsed.
     """
 
@@ -85,6 +85,9 @@ class ChatToolEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
     single_turn = False  # True: the first assistant turn's calls are the answer (function calling)
+    # A call to one of these ends the episode once it has run; calls after it in the turn do not run
+    # (e.g. tau-bench's hand-off to a human agent).
+    terminal_tools: frozenset[str] = frozenset()
     num_tasks: int | None = None
     splits: tuple[str, ...] = ("train", "test")
 
@@ -202,6 +205,11 @@ class ChatToolEnv(gym.Env):
         if self.single_turn or not results:
             reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
             return self._end(info, reward, extra, terminated=True)
+        stop = next((k for k, r in enumerate(results) if isinstance(r, ParsedCall) and r.name in self.terminal_tools), None)
+        if stop is not None:
+            self.messages.extend(copy.deepcopy(self.run_calls(results[: stop + 1])))
+            reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
+            return self._end(info, reward, extra, terminated=True)
         obs = self.run_calls(results)
         if self._turn >= self.max_turns:
             return self._end(info, 0.0, {"truncated_reason": "max_turns"}, terminated=False)
@@ -215,8 +223,12 @@ class ChatToolEnv(gym.Env):
             if isinstance(r, ParseError):
                 obs.append({"role": "tool", "name": "error", "content": f"error: could not parse tool call: {r.message}"})
             else:
-                obs.append({"role": "tool", "name": r.name, "content": self.toolbox.call(r.name, r.arguments).content})
+                obs.append({"role": "tool", "name": r.name, "content": self.tool_output(r)})
         return obs
+
+    def tool_output(self, call: ParsedCall) -> str:
+        """The text the model reads back for one parsed call (an env may word unknown tools its own way)."""
+        return self.toolbox.call(call.name, call.arguments).content
 
     def _score(self, transcript: Transcript) -> tuple[float, dict]:
         out = self.score(transcript)

@@ -15,7 +15,8 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
     "pbsd/Retail-v0": ("pbsd_agents.envs.retail:RetailEnv", "procedural stateful retail world (users, orders, products); goals need 2-5 dependent calls"),
     "pbsd/BFCL-v0": ("pbsd_agents.envs.bfcl:BFCLEnv", "Berkeley Function Calling Leaderboard files (data_path=, answer_path=), AST checker"),
     "pbsd/GSM8K-v0": ("pbsd_agents.envs.gsm8k:GSM8KEnv", "GSM8K-format JSONL (data_path=) with an optional calculator tool"),
-    "pbsd/TauRetail-v0": ("pbsd_agents.envs.tau_retail:TauRetailEnv", "tau-bench retail tasks and database (data_dir=, split=train|dev|test)"),
+    "pbsd/MATH-v0": ("pbsd_agents.envs.math_problems:MATHEnv", "MATH / MATH-500-format JSONL or a Hub name (data_path=), graded by math-verify"),
+    "pbsd/TauRetail-v0": ("pbsd_agents.envs.tau_retail:TauRetailEnv", "tau-bench retail as tau-bench scores it (data_dir= a tau-bench clone, split=train|dev|test)"),
 }
 
 

@@ -12,9 +12,12 @@ without a tool call (that turn is the reply searched for the outputs), or, as in
 after a call to ``transfer_to_human_agents``.
 
 Kept differences from tau-bench, by design: arguments are checked against the tool's JSON Schema
-before the call (tau-bench runs the call and fails inside it; a call tau-bench would accept passes
-the check, and a rejected one changes nothing in either); calls that cannot be parsed are reported as
-this kit reports them; the policy gets a note that the user cannot reply.
+before the call (tau-bench runs the call and fails inside it). A call that fits the schema gets
+tau-bench's state, output and reward; one that breaks it is refused with this kit's error and changes
+nothing, where tau-bench would fail too, except for wrongly typed values it stores as given (an
+address with a numeric ``zip``): ``check_arguments=False`` turns the check off for exact parity.
+Calls that cannot be parsed are reported as this kit reports them; the policy gets a note that the
+user cannot reply.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class TauRetailEnv(ChatToolEnv):
             folder), or a flat folder (:mod:`~pbsd_agents.envs.tau_data`). Required: the kit ships no data.
         split: ``"train"``, ``"dev"`` or ``"test"`` (tau-bench's ``tasks_<split>``).
         max_turns: assistant turns before truncation (default 30, tau-bench's step limit).
+        check_arguments: check arguments against the tool's JSON Schema before the call (default True, the
+            kit's rule); False passes them to the tool unchecked, exactly as tau-bench does.
         Other arguments as in :class:`ChatToolEnv` (``max_tool_output_chars`` defaults to 100,000 here,
         so no record is cut).
 
@@ -76,9 +81,13 @@ class TauRetailEnv(ChatToolEnv):
     splits = ("train", "dev", "test")
     terminal_tools = TERMINAL_TOOLS
 
-    def __init__(self, data_dir: str | None = None, split: str = "train", max_turns: int = 30, **kwargs: Any):
+    def __init__(self, data_dir: str | None = None, split: str = "train", max_turns: int = 30, *,
+                 check_arguments: bool = True, **kwargs: Any):
         kwargs.setdefault("max_tool_output_chars", MAX_OUTPUT_CHARS)
         super().__init__(split=split, max_turns=max_turns, **kwargs)
+        if not isinstance(check_arguments, bool):
+            raise ValueError(f"check_arguments must be True or False, got {check_arguments!r}")
+        self.check_arguments = check_arguments
         files = locate(data_dir)
         self.data_dir = str(data_dir)
         self.layout = files.layout
@@ -102,10 +111,11 @@ class TauRetailEnv(ChatToolEnv):
                 spec = on_disk[name].get("function", on_disk[name])
                 description, parameters = spec.get("description", ""), spec["parameters"]
             # The callable reads the env's current episode database, so one set of tools serves all episodes.
-            tools.append(Tool(name, description, parameters, functools.partial(self._run_tool, name)))
+            tools.append(Tool(name, description, parameters, functools.partial(self._run_tool, name),
+                              check_arguments=self.check_arguments))
         return tools
 
-    def _run_tool(self, name: str, **arguments: Any) -> str:
+    def _run_tool(self, name: str, /, **arguments: Any) -> str:
         if self.db is None:
             return "Error: no episode is running"
         return self.db.invoke(name, **arguments)

@@ -123,7 +123,7 @@ class RetailDB:
         # Records neither side copied are the shared base objects: only the copied ones can differ.
         return all(canonical(getattr(self, t)[k]) == canonical(getattr(other, t)[k]) for t, k in self._owned | other._owned)
 
-    def invoke(self, name: str, **arguments: Any) -> str:
+    def invoke(self, name: str, /, **arguments: Any) -> str:
         """Run tool ``name`` as tau-bench's env does: an exception becomes ``"Error: <message>"``."""
         if name not in TOOL_NAMES:
             return f"Unknown action {name}"

@@ -250,3 +250,23 @@ def test_6_tool_words_and_lookups(tau_dir, tables_json):
     obs, *_ = env.step(format_tool_call("calculate", {"expression": "2 ** 3"}, env.tool_format)
                        + format_tool_call("no_such_tool", {}, env.tool_format))
     assert [m["content"] for m in obs] == ["8.0", "Unknown action no_such_tool"]
+
+
+def test_schema_check_is_the_one_kept_difference(tau_dir, tables_json):
+    """A numeric zip breaks the schema: refused by default (nothing changes); check_arguments=False stores
+    it as tau-bench does. Calls that fit the schema are unaffected by the option."""
+    tables = {n: json.loads(t) for n, t in tables_json.items()}
+    user_id, user = next(iter(tables["users"].items()))
+    kwargs = {"user_id": user_id, **{k: user["address"][k] for k in ("address1", "address2", "city", "state", "country")},
+              "zip": 12345}
+    want = invoke(tables, "modify_user_address", kwargs)
+    assert json.loads(want)["address"]["zip"] == 12345
+    for check, stored in ((True, False), (False, True)):
+        env = gym.make("pbsd/TauRetail-v0", data_dir=tau_dir, split="dev", check_arguments=check).unwrapped
+        env.reset(options={"index": 0})
+        obs, *_ = env.step(format_tool_call("modify_user_address", kwargs, env.tool_format))
+        assert (obs[0]["content"] == want) is stored
+        assert (env.db.users[user_id]["address"]["zip"] == 12345) is stored
+        assert obs[0]["content"].startswith("error: invalid arguments") is not stored
+    with pytest.raises(ValueError, match="check_arguments must be True or False"):
+        gym.make("pbsd/TauRetail-v0", data_dir=tau_dir, check_arguments="no")

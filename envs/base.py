@@ -205,25 +205,27 @@ class ChatToolEnv(gym.Env):
         if self.single_turn or not results:
             reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
             return self._end(info, reward, extra, terminated=True)
-        stop = next((k for k, r in enumerate(results) if isinstance(r, ParsedCall) and r.name in self.terminal_tools), None)
-        if stop is not None:
-            self.messages.extend(copy.deepcopy(self.run_calls(results[: stop + 1])))
+        obs = self.run_calls(results)
+        if any(m["role"] == "tool" and m.get("name") in self.terminal_tools for m in obs):
+            self.messages.extend(copy.deepcopy(obs))
             reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
             return self._end(info, reward, extra, terminated=True)
-        obs = self.run_calls(results)
         if self._turn >= self.max_turns:
             return self._end(info, 0.0, {"truncated_reason": "max_turns"}, terminated=False)
         self.messages.extend(copy.deepcopy(obs))
         return obs, 0.0, False, False, info
 
     def run_calls(self, results: list[ParsedCall | ParseError]) -> list[dict]:
-        """Execute the turn's calls in order; each call or parse error becomes one tool message."""
+        """Execute the turn's calls in order; each call or parse error becomes one tool message. A call to
+        one of ``terminal_tools`` is the last to run."""
         obs = []
         for r in results:
             if isinstance(r, ParseError):
                 obs.append({"role": "tool", "name": "error", "content": f"error: could not parse tool call: {r.message}"})
             else:
                 obs.append({"role": "tool", "name": r.name, "content": self.tool_output(r)})
+                if r.name in self.terminal_tools:
+                    break
         return obs
 
     def tool_output(self, call: ParsedCall) -> str:

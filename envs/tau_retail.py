@@ -60,6 +60,8 @@ class TauRetailEnv(ChatToolEnv):
         max_turns: assistant turns before truncation (default 30, tau-bench's step limit).
         check_arguments: check arguments against the tool's JSON Schema before the call (default True, the
             kit's rule); False passes them to the tool unchecked, exactly as tau-bench does.
+        first_call_only: run only the first call of a turn, as tau-bench's tool-calling agent does (default
+            False: every call of a turn runs, as in every env of this kit; the policy asks for one a turn).
         Other arguments as in :class:`ChatToolEnv` (``max_tool_output_chars`` defaults to 100,000 here,
         so no record is cut).
 
@@ -82,12 +84,15 @@ class TauRetailEnv(ChatToolEnv):
     terminal_tools = TERMINAL_TOOLS
 
     def __init__(self, data_dir: str | None = None, split: str = "train", max_turns: int = 30, *,
-                 check_arguments: bool = True, **kwargs: Any):
+                 check_arguments: bool = True, first_call_only: bool = False, **kwargs: Any):
         kwargs.setdefault("max_tool_output_chars", MAX_OUTPUT_CHARS)
         super().__init__(split=split, max_turns=max_turns, **kwargs)
         if not isinstance(check_arguments, bool):
             raise ValueError(f"check_arguments must be True or False, got {check_arguments!r}")
+        if not isinstance(first_call_only, bool):
+            raise ValueError(f"first_call_only must be True or False, got {first_call_only!r}")
         self.check_arguments = check_arguments
+        self.first_call_only = first_call_only
         files = locate(data_dir)
         self.data_dir = str(data_dir)
         self.layout = files.layout
@@ -119,6 +124,9 @@ class TauRetailEnv(ChatToolEnv):
         if self.db is None:
             return "Error: no episode is running"
         return self.db.invoke(name, **arguments)
+
+    def run_calls(self, results: list) -> list[dict]:
+        return super().run_calls(results[:1] if self.first_call_only else results)
 
     def tool_output(self, call: ParsedCall) -> str:
         if call.name not in self.toolbox.by_name:

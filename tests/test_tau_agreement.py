@@ -270,3 +270,16 @@ def test_schema_check_is_the_one_kept_difference(tau_dir, tables_json):
         assert obs[0]["content"].startswith("error: invalid arguments") is not stored
     with pytest.raises(ValueError, match="check_arguments must be True or False"):
         gym.make("pbsd/TauRetail-v0", data_dir=tau_dir, check_arguments="no")
+
+
+def test_first_call_only_runs_one_call_a_turn(tau_dir):
+    for only, outputs in ((False, ["8.0", "0.33"]), (True, ["8.0"])):
+        env = gym.make("pbsd/TauRetail-v0", data_dir=tau_dir, split="dev", first_call_only=only).unwrapped
+        env.reset(options={"index": 0})
+        obs, *_ = env.step(format_tool_call("calculate", {"expression": "2 ** 3"}, env.tool_format)
+                           + format_tool_call("calculate", {"expression": "1/3"}, env.tool_format))
+        assert [m["content"] for m in obs] == outputs
+    env.reset(options={"index": 0})  # a hand-off that is not the turn's first call does not run, nor end it
+    obs, reward, terminated, *_ = env.step(format_tool_call("think", {"thought": "x"}, env.tool_format)
+                                           + format_tool_call(TRANSFER, {"summary": "s"}, env.tool_format))
+    assert [m["content"] for m in obs] == [""] and not terminated

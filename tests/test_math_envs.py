@@ -422,3 +422,13 @@ def test_math_splits_and_errors(tmp_path):
         MATHEnv(data_path=bad, holdout_every=None)
     with pytest.raises(ValueError, match="use_calculator"):
         MATHEnv(data_path=MATH_FILE, use_calculator=1)
+
+
+def test_math_hub_name_needs_datasets():
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"^data_path 'HuggingFaceH4/MATH-500' .*needs datasets \(pip install datasets\)"):
+            MATHEnv(data_path="HuggingFaceH4/MATH-500", hf_split="test")
+    else:
+        pytest.skip("datasets is installed; loading from the Hub needs the network")

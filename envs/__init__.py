@@ -16,7 +16,8 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
     "pbsd/BFCL-v0": ("pbsd_agents.envs.bfcl:BFCLEnv", "Berkeley Function Calling Leaderboard, single turn: category= from the bfcl-eval package (or data_path=), AST checker"),
     "pbsd/BFCLMultiTurn-v0": ("pbsd_agents.envs.bfcl_multi_turn:BFCLMultiTurnEnv", "BFCL multi-turn (category=multi_turn_base|miss_func|miss_param|long_context) on the package's executable backends; per-turn privileged context"),
     "pbsd/GSM8K-v0": ("pbsd_agents.envs.gsm8k:GSM8KEnv", "GSM8K-format JSONL (data_path=) with an optional calculator tool"),
-    "pbsd/TauRetail-v0": ("pbsd_agents.envs.tau_retail:TauRetailEnv", "tau-bench retail tasks and database (data_dir=, split=train|dev|test)"),
+    "pbsd/MATH-v0": ("pbsd_agents.envs.math_problems:MATHEnv", "MATH / MATH-500-format JSONL or a Hub name (data_path=), graded by math-verify"),
+    "pbsd/TauRetail-v0": ("pbsd_agents.envs.tau_retail:TauRetailEnv", "tau-bench retail as tau-bench scores it (data_dir= a tau-bench clone, split=train|dev|test)"),
 }
 
 

@@ -1,15 +1,18 @@
-r"""Answer helpers shared by the math environments: find ``\boxed{...}``, read numbers, compare them.
+r"""Answer helpers shared by the math environments: find ``\boxed{...}``, read numbers, grade answers.
 
-Comparison is exact: both sides become :class:`fractions.Fraction`, so ``0.5``, ``1/2``,
-``\frac{1}{2}`` and ``$0.50`` are equal and ``0.333`` is not ``1/3``. ``math-verify`` is not used:
-every gold answer here is a plain number, and a regex plus ``Fraction`` takes microseconds.
+Grading (:func:`grade_answer`) has two stages. The fast path: when both sides read as plain numbers
+they become :class:`fractions.Fraction` and are compared exactly, so ``0.5``, ``1/2``,
+``\frac{1}{2}`` and ``$0.50`` are equal and ``0.333`` is not ``1/3``; thousands may be grouped with
+commas (``70,000``, LaTeX's ``70{,}000``) or spaces (``70 000``, ``70\,000``, a thin space). Anything
+else (``7 \times 10^4``, ``\sqrt{2}/2``, ``(1, 2)``, ``x^2+1``) goes to Hugging Face's ``math-verify``,
+the grader that standard math evaluations use; it is imported on first use.
 
 Example:
     >>> text = r"12 * 7 = 84, so she pays \boxed{\$1,084.00}."
     >>> last_boxed(text)
     '\\$1,084.00'
-    >>> parse_number(last_boxed(text))
-    Fraction(1084, 1)
+    >>> parse_number(last_boxed(text)), parse_number("70{,}000"), parse_number("70 000")
+    (Fraction(1084, 1), Fraction(70000, 1), Fraction(70000, 1))
     >>> score_answer(text, 1084)
     (1.0, {'predicted': '\\$1,084.00'})
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -27,6 +31,9 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
+# 70 000: digit groups of three after single spaces (thin and no-break spaces were made spaces)
+_SPACED = re.compile(r"(?<![\d.])\d{1,3}(?: \d{3})+(?![\d])")
+_SPACES = str.maketrans({"\u2009": " ", "\u202f": " ", "\u00a0": " "})
 _DECIMAL = r"(?:\d+(?:\.\d*)?|\.\d+)"
 # sign, number, optional /number; then an optional percent sign, unit words and a full stop
 _NUMBER = re.compile(rf"([-+]?)\s*({_DECIMAL})(?:\s*/\s*({_DECIMAL}))?\s*%?\s*(?:[A-Za-z][A-Za-z ]*)?\.?")
@@ -83,14 +90,15 @@ def parse_number(text: Any) -> Fraction | None:
         return Fraction(text) if math.isfinite(text) else None
     if not isinstance(text, str) or len(text) > _MAX_NUMBER_CHARS:
         return None
-    s = _TEXT_CMD.sub(r" \1", text)
+    s = _TEXT_CMD.sub(r" \1", text.replace("{,}", ","))  # 70{,}000: LaTeX's thousands comma
     s = _FRAC.sub(r"(\1)/(\2)", s)
     for junk in ("\\$", "$", "\\%", "\\,", "\\!", "\\ ", "~", "(", ")", "{", "}"):
         s = s.replace(junk, "%" if junk == "\\%" else " ")
-    s = s.replace("\u2212", "-")  # Unicode minus sign
+    s = s.replace("\u2212", "-").translate(_SPACES)  # Unicode minus sign; thin spaces
     if "=" in s:
         s = s.rsplit("=", 1)[1]
     s = _THOUSANDS.sub("", s).strip()
+    s = _SPACED.sub(lambda m: m.group(0).replace(" ", ""), s)
     match = _NUMBER.fullmatch(s)
     if match is None:
         return None
@@ -125,8 +133,45 @@ def answers_match(predicted: Any, gold: Any) -> bool:
     return p is not None and g is not None and p == g
 
 
+def grade_answer(predicted: Any, gold: Any) -> bool:
+    r"""Whether ``predicted`` (an answer, e.g. the contents of ``\boxed{}``) equals ``gold``.
+
+    Two plain numbers are compared exactly (the fast path, no import); otherwise ``math-verify``
+    decides, as standard math graders do (sympy equivalence: ``\frac{\sqrt{2}}{2}`` equals
+    ``\sqrt{2}/2``, ``7\times 10^4`` equals ``70000``).
+
+    Example:
+        >>> grade_answer("70{,}000", "70000"), grade_answer("0.333", "1/3"), grade_answer(r"\dfrac{1}{2}", "0.5")
+        (True, False, True)
+    """
+    p, g = parse_number(predicted), parse_number(gold)
+    if p is not None and g is not None:
+        return p == g
+    if not isinstance(predicted, str) or not predicted.strip() or len(predicted) > _MAX_VERIFY_CHARS:
+        return False
+    return _math_verify(predicted, str(gold))
+
+
+_MAX_VERIFY_CHARS = 2000  # longer answers are not graded symbolically (and cannot stall sympy)
+
+
+def _math_verify(predicted: str, gold: str) -> bool:
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ImportError("grading non-numeric math answers needs math-verify (pip install math-verify)") from None
+    # math-verify's time limits use SIGALRM, which only the main thread may set; elsewhere it runs unlimited.
+    limit = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=limit)
+        answer = parse(f"\\boxed{{{predicted}}}", parsing_timeout=limit)
+        return bool(gold_parsed and answer and verify(gold_parsed, answer, timeout_seconds=limit))
+    except Exception:  # math-verify gives up on what it cannot read: not a match
+        return False
+
+
 def score_answer(final_text: str, gold: Any) -> tuple[float, dict]:
-    r"""Reward 1.0 iff the last ``\boxed{}`` of ``final_text`` equals ``gold``; with ``{"predicted": ...}``.
+    r"""Reward 1.0 iff the last ``\boxed{}`` of ``final_text`` grades equal to ``gold``; with ``{"predicted": ...}``.
 
     Example:
         >>> score_answer(r"The answer is \boxed{42}.", "42")
@@ -135,7 +180,7 @@ def score_answer(final_text: str, gold: Any) -> tuple[float, dict]:
         (0.0, {'predicted': None})
     """
     predicted = last_boxed(final_text)
-    return (1.0 if predicted is not None and answers_match(predicted, gold) else 0.0), {"predicted": predicted}
+    return (1.0 if predicted is not None and grade_answer(predicted, gold) else 0.0), {"predicted": predicted}
 
 
 def calculator_oracle(expressions: Sequence[str], answer: Any, fmt: str, max_turns: int) -> list[str]:

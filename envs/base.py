@@ -64,8 +64,8 @@ class Transcript:
     Attributes:
         messages: the whole conversation, the final assistant turn included (tool results too).
         final_text: the final assistant turn.
-        calls: the tool calls parsed from ``final_text`` (single-turn envs; a multi-turn episode ends
-            at a turn without calls).
+        calls: the tool calls parsed from ``final_text`` (single-turn envs, or a turn that called one of
+            the env's ``terminal_tools``; otherwise a multi-turn episode ends at a turn without calls).
         parse_errors: the call attempts in ``final_text`` that could not be parsed.
     """
 
@@ -88,6 +88,9 @@ class ChatToolEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
     single_turn = False  # True: the first assistant turn's calls are the answer (function calling)
+    # A call to one of these ends the episode once it has run; calls after it in the turn do not run
+    # (e.g. tau-bench's hand-off to a human agent).
+    terminal_tools: frozenset[str] = frozenset()
     num_tasks: int | None = None
     splits: tuple[str, ...] = ("train", "test")
 
@@ -206,20 +209,31 @@ class ChatToolEnv(gym.Env):
             reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
             return self._end(info, reward, extra, terminated=True)
         obs = self.run_calls(results)
+        if any(m["role"] == "tool" and m.get("name") in self.terminal_tools for m in obs):
+            self.messages.extend(copy.deepcopy(obs))
+            reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
+            return self._end(info, reward, extra, terminated=True)
         if self._turn >= self.max_turns:
             return self._end(info, 0.0, {"truncated_reason": "max_turns"}, terminated=False)
         self.messages.extend(copy.deepcopy(obs))
         return obs, 0.0, False, False, info
 
     def run_calls(self, results: list[ParsedCall | ParseError]) -> list[dict]:
-        """Execute the turn's calls in order; each call or parse error becomes one tool message."""
+        """Execute the turn's calls in order; each call or parse error becomes one tool message. A call to
+        one of ``terminal_tools`` is the last to run."""
         obs = []
         for r in results:
             if isinstance(r, ParseError):
                 obs.append({"role": "tool", "name": "error", "content": f"error: could not parse tool call: {r.message}"})
             else:
-                obs.append({"role": "tool", "name": r.name, "content": self.toolbox.call(r.name, r.arguments).content})
+                obs.append({"role": "tool", "name": r.name, "content": self.tool_output(r)})
+                if r.name in self.terminal_tools:
+                    break
         return obs
+
+    def tool_output(self, call: ParsedCall) -> str:
+        """The text the model reads back for one parsed call (an env may word unknown tools its own way)."""
+        return self.toolbox.call(call.name, call.arguments).content
 
     def _score(self, transcript: Transcript) -> tuple[float, dict]:
         out = self.score(transcript)

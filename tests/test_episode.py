@@ -58,3 +58,20 @@ def test_a_leaking_env_is_detected():
             return task
 
     assert Episode(Leaky(), options={"index": 0}).privileged_in_student_view()
+
+
+def test_a_terminal_tool_ends_the_episode_after_it_runs():
+    class Handoff(AdderEnv):
+        terminal_tools = frozenset({"add"})  # here: the first add hands the conversation over
+
+        def score(self, transcript):
+            return float(transcript.messages[-1] == {"role": "tool", "name": "add", "content": "result = 13"}), {}
+
+    env = Handoff()
+    env.reset(options={"index": 0})
+    turn = "\n".join(AdderEnv().make_task(0).oracle[:2])  # two calls in one turn: the second never runs
+    obs, reward, terminated, truncated, info = env.step(turn)
+    assert obs == [] and terminated and not truncated and reward == 1.0 and info["success"]
+    assert [m["role"] for m in env.messages] == ["system", "user", "assistant", "tool"]
+    ep = play_oracle(Handoff(), options={"index": 0})
+    assert ep.done and ep.turns == 1 and ep.reward == 1.0

@@ -1,4 +1,4 @@
-"""Math environments: answer helpers, pbsd/MathCalc-v0 and pbsd/GSM8K-v0."""
+"""Math environments: answer helpers and grading, pbsd/MathCalc-v0, pbsd/GSM8K-v0 and pbsd/MATH-v0."""
 
 import json
 import random
@@ -10,7 +10,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import pbsd_agents  # noqa: F401  (registers the pbsd/ environments)
-from pbsd_agents.envs.answers import answers_match, calculator_oracle, last_boxed, parse_number, score_answer
+from pathlib import Path
+
+from pbsd_agents.envs.answers import (answers_match, calculator_oracle, grade_answer, last_boxed, parse_number,
+                                     score_answer)
+from pbsd_agents.envs.math_problems import MATHEnv
 from pbsd_agents.envs.gsm8k import GSM8KEnv, annotations, rewrite_annotations, split_solution
 from pbsd_agents.envs.mathcalc import SPLITS, TEST_SIZE, MathCalcEnv
 from pbsd_agents.tools.calculator import calculate
@@ -43,13 +47,15 @@ def test_last_boxed():
     [("18", 18), ("1,080", 1080), ("1,000,000", 10**6), ("$5", 5), (r"\$5.00", 5), ("7.0", 7), ("3/4", Fraction(3, 4)),
      (r"\frac{3}{4}", Fraction(3, 4)), ("-2", -2), ("0.5", Fraction(1, 2)), ("45%", 45), (r"45\%", 45),
      ("12 apples", 12), (r"12 \text{ dollars}", 12), ("x = 5", 5), ("5.", 5), (".25", Fraction(1, 4)),
-     ("\u22123", -3)],
+     ("\u22123", -3), ("70{,}000", 70000), ("70 000", 70000), (r"70\,000", 70000), ("70\u2009000", 70000),
+     ("1 234 567.5", Fraction(2469135, 2)), (r"\$70{,}000.00", 70000), ("1 000 apples", 1000)],
 )
 def test_parse_number(text, value):
     assert parse_number(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "five", "1, 2", "3/0", "1/2/3", "2 or 3", "1" * 300, "1e5x5"])
+@pytest.mark.parametrize("text", ["", "five", "1, 2", "3/0", "1/2/3", "2 or 3", "1" * 300, "1e5x5", "1 2", "70 00",
+                                  "1 0000"])
 def test_parse_number_rejects(text):
     assert parse_number(text) is None
 
@@ -323,3 +329,106 @@ def test_gsm8k_oracle_replay_with_calculator(gsm8k_envs):
         reward, terminated, truncated, info, outputs = replay(env, actions)
         assert reward == 1.0, (i, actions)
         assert len(outputs) == len(actions) - 1 and all(o.startswith("result = ") for o in outputs)
+
+
+# ---- grading: math-verify beyond plain numbers -----------------------------------------------------
+
+
+@pytest.mark.parametrize("predicted, gold", [
+    ("70{,}000", "70000"), ("70 000", "70000"), (r"70\,000", "70000"), (r"7 \times 10^4", "70000"),
+    (r"\dfrac{3}{4}", "0.75"), (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}"), ("[-2,4]", "[-2, 4]"),
+    ("1 + 2x + x^2", "x^2 + 2x + 1"), (r"\text{(A)}", r"\text{(A)}"), ("(3, 4)", "(3,4)"), (r"\frac13", "1/3"),
+])
+def test_grade_accepts_equivalent_forms(predicted, gold):
+    assert grade_answer(predicted, gold)
+
+
+@pytest.mark.parametrize("predicted, gold", [
+    ("69,999", "70000"), ("0.333", "1/3"), (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{2}}{2}"), ("[-2, 4)", "[-2, 4]"),
+    ("x^2 + 1", "x^2 + 2x + 1"), (r"\text{(B)}", r"\text{(A)}"), ("", "5"), ("1" * 3000, "1"), ("(4, 3)", "(3, 4)"),
+])
+def test_grade_rejects_wrong_answers(predicted, gold):
+    assert not grade_answer(predicted, gold)
+
+
+def test_gsm8k_thousands_forms_score_one(gsm8k_envs):
+    """Every gold >= 1,000 of GSM8K written 70{,}000 or 70 000 (the forms a model writes) is correct."""
+    env = gsm8k_envs["train"]
+    checked = 0
+    for i, record in enumerate(env.unwrapped.records):
+        value = parse_number(split_solution(record["answer"])[1])
+        if value.denominator != 1 or abs(value) < 1000:
+            continue
+        for form in (f"{int(value):,}".replace(",", "{,}"), f"{int(value):,}".replace(",", " "),
+                     f"{int(value):,}".replace(",", "\\,")):
+            reward, _ = score_answer(rf"The answer is \boxed{{{form}}}.", split_solution(record["answer"])[1])
+            assert reward == 1.0, (i, form)
+        checked += 1
+    assert checked > 300
+
+
+# ---- MATH-v0 ---------------------------------------------------------------------------------------
+
+MATH_FILE = Path(__file__).parent / "data" / "math_small.jsonl"
+# index -> (an equivalent answer a model may write, a wrong one)
+MATH_FORMS = {0: ("23.0", "24"), 1: ("0.75", r"\frac{4}{3}"), 3: (r"\frac{1}{\sqrt{2}}", r"\frac{\sqrt{3}}{2}"),
+              4: ("[-2,4]", "(-2, 4)"), 5: ("(x+1)^2", "x^2+1"), 7: ("70 000", "7000"), 9: ("1/3", "0.33"),
+              10: (r"\text{(A)}", r"\text{(B)}")}
+
+
+def make_math(**kwargs) -> MATHEnv:
+    kwargs.setdefault("holdout_every", None)
+    return gymnasium.make("pbsd/MATH-v0", data_path=str(MATH_FILE), **kwargs).unwrapped
+
+
+def test_math_check_env():
+    from pbsd_agents.testing import check_env as kit_check_env
+
+    for kwargs in ({}, {"use_calculator": True}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            report = kit_check_env(gymnasium.make("pbsd/MATH-v0", data_path=str(MATH_FILE), holdout_every=None, **kwargs))
+        assert report.ok and report.oracle_episodes > 0
+
+
+def test_math_tasks_and_grading():
+    env = make_math()
+    assert env.num_tasks == 12
+    obs, info = env.reset(options={"index": 3})
+    assert info["category"] == "Precalculus" and info["privileged"].startswith("In a right isosceles")
+    assert info["privileged"] not in json.dumps(obs) and info["tools"] == []
+    env.reset(options={"index": 8})  # no "answer" field: the solution's last \boxed{}
+    assert env.task.gold == "5" and "category" not in env.task.info
+    for i, (right, wrong) in MATH_FORMS.items():
+        for answer, reward in ((right, 1.0), (wrong, 0.0)):
+            env.reset(options={"index": i})
+            _, r, terminated, _, info = env.step(rf"So the answer is $\boxed{{{answer}}}$.")
+            assert terminated and r == reward and info["predicted"] == answer, (i, answer)
+    calc = make_math(use_calculator=True)
+    obs, info = calc.reset(options={"index": 0})
+    assert [t["function"]["name"] for t in info["tools"]] == ["calculator"]
+
+
+def test_math_splits_and_errors(tmp_path):
+    assert (make_math(split="train", holdout_every=4).num_tasks, make_math(split="test", holdout_every=4).num_tasks) == (9, 3)
+    with pytest.raises(ValueError, match="needs data_path="):
+        MATHEnv()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "p", "solution": "no box"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl, record 1: no 'answer' field and no \\boxed"):
+        MATHEnv(data_path=bad, holdout_every=None)
+    bad.write_text(json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(ValueError, match="'problem' and 'solution'"):
+        MATHEnv(data_path=bad, holdout_every=None)
+    with pytest.raises(ValueError, match="use_calculator"):
+        MATHEnv(data_path=MATH_FILE, use_calculator=1)
+
+
+def test_math_hub_name_needs_datasets():
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"^data_path 'HuggingFaceH4/MATH-500' .*needs datasets \(pip install datasets\)"):
+            MATHEnv(data_path="HuggingFaceH4/MATH-500", hf_split="test")
+    else:
+        pytest.skip("datasets is installed; loading from the Hub needs the network")

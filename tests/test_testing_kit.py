@@ -2,6 +2,7 @@
 
 import random
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -217,6 +218,8 @@ LOADERS = {
     "pbsd/BFCL-v0": lambda data: {"data_path": str(data("bfcl", "BFCL_v3_simple.json"))},
     "pbsd/GSM8K-v0": lambda data: {"data_path": str(data("gsm8k", "train.jsonl"))},
     "pbsd/TauRetail-v0": lambda data: {"data_dir": str(data("tau_bench", "retail"))},
+    # a small file of the tests' own (no reference data needed)
+    "pbsd/MATH-v0": lambda data: {"data_path": str(Path(__file__).parent / "data" / "math_small.jsonl"), "holdout_every": None},
 }
 PROCEDURAL = [i for i in registered_env_ids("pbsd") if i not in LOADERS]
 

@@ -27,6 +27,16 @@ def make_add(**kw):
 # ---- calling and rendering -----------------------------------------------------------------------
 
 
+def test_check_arguments_false_passes_arguments_unchecked():
+    tool = make_add(check_arguments=False)
+    assert tool.call({"a": "2", "b": "3"}).content == "result = 23"  # the schema would refuse strings
+    assert tool.call([1, 2]).error_type == "invalid_arguments"  # still a JSON object
+    assert tool.call({"a": 1}).error_type == "tool_error"  # a missing argument fails inside the tool
+    assert tool.to_openai()["function"]["parameters"] == ADD_SCHEMA
+
+
+
+
 def test_call_returns_rendered_string():
     r = make_add().call({"a": 2, "b": 3})
     assert r == ToolResult(True, "result = 5", None)

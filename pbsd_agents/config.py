@@ -69,8 +69,8 @@ class TrainConfig:
                         f"only {', '.join(RESUMABLE[:-3])}, device, report_to and progress may differ from it")
     seed: int = _opt(0, "random seed (tasks and sampling of every step derive from it)")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    threads: int = _opt(0, "torch CPU threads (0 = auto: 1 for models under 50 M parameters, whose ops are too "
-                        "small to split and which a busy second core slows down; torch's default otherwise)")
+    threads: int = _opt(0, "torch CPU threads (0 = auto: one per core that other work leaves idle at the start; "
+                        "threads waiting for busy cores slow every step down)")
     report_to: str = _opt("none", "also log to: none or tensorboard")
     progress: bool = _opt(True, "show progress bars and messages")
 

@@ -71,9 +71,8 @@ def supports(model) -> bool:
     return getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
 
 
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+# rotary types whose cos/sin depend on the position only (not on how long the sequence gets)
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 def _plain_linear(module) -> bool:
@@ -139,11 +138,16 @@ class _Layer:
             return module(x)
         return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
 
+    @staticmethod
+    def linear(module, x):
+        """``module(x)``; for a plain linear map, without the module call's hooks machinery."""
+        return F.linear(x, module.weight, module.bias) if _plain_linear(module) else module(x)
+
     def mlp_forward(self, x):
         if not self.fuse_mlp:
             return self.mlp(x)
         gate, up = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
-        return self.mlp.down_proj(self.mlp.act_fn(gate) * up)
+        return self.linear(self.mlp.down_proj, self.mlp.act_fn(gate) * up)
 
 
 @dataclass
@@ -183,6 +187,7 @@ class CachedDecoder:
         self._next: list[_Kept] = []  # made by this call, reusable by the next
         self._kept_stamp: tuple | None = None
         self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
+        self._rope = None  # cos and signed sin by position, made per call
 
     def _layer(self, i, lay: _Layer, h, cos, sin, mask, cache, col: int, write):
         """One decoder layer over columns ``[col, col + width)``; their keys/values go into ``cache``
@@ -198,15 +203,17 @@ class CachedDecoder:
             q = attn.q_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
             k = attn.k_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
             v = attn.v_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
+        # the rotary embedding: x*cos + rotate_half(x)*sin, with rotate_half's sign folded into ``sin``
+        half = self.head_dim // 2
         if hasattr(attn, "q_norm"):  # Qwen3: norms on each head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
         elif lay.fuse_qkv:  # rotate queries and keys in one go
             qk = qkv[:, : nq + nkv]
-            qk = qk * cos + _rotate_half(qk) * sin
+            qk = qk * cos + qk.roll(half, -1) * sin
             q, k = qk.split((nq, nkv), dim=1)
         if not lay.fuse_qkv or hasattr(attn, "q_norm"):
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + q.roll(half, -1) * sin
+            k = k * cos + k.roll(half, -1) * sin
         keys, values = cache[i]
         end = col + width
         if write is None:
@@ -221,14 +228,32 @@ class CachedDecoder:
             qg = q.reshape(batch, nkv, nq // nkv, self.head_dim)  # the query heads of each key/value head together
             scores = torch.matmul(qg, keys[:, :, :end].transpose(2, 3)) * attn.scaling + mask
             out = torch.matmul(scores.softmax(-1), values[:, :, :end]).view(batch, nq, 1, self.head_dim)
-        h = h + attn.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
+        h = h + lay.linear(attn.o_proj, out.transpose(1, 2).reshape(batch, width, -1))
         return h + lay.mlp_forward(lay.norm(1, h))
+
+    def _rotary(self, h, positions):
+        """``(cos, signed sin)`` at ``positions``, ``[B, 1, W, head_dim]``: from the table made for this
+        call when the rotary embedding does not depend on the sequence length, else computed now."""
+        if self._rope is not None:
+            cos, sin = self._rope[0][positions], self._rope[1][positions]
+        else:
+            cos, sin = self.decoder.rotary_emb(h, positions)
+            sin = torch.cat((-sin[..., : self.head_dim // 2], sin[..., self.head_dim // 2:]), dim=-1)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def _rope_table(self, size: int, dtype, device):
+        """cos and signed sin for positions ``0..size-1`` (``None`` for length-dependent rotary types)."""
+        if getattr(self.decoder.rotary_emb, "rope_type", "default") not in _STATIC_ROPE:
+            return None
+        positions = torch.arange(size, device=device)[None]
+        cos, sin = self.decoder.rotary_emb(torch.empty(1, dtype=dtype, device=device), positions)
+        half = self.head_dim // 2
+        return cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
     def _forward(self, ids, positions, mask, cache, col: int, write=None):
         """Run ``ids`` (the columns from ``col`` on) and return the last column's hidden states ``[B, hidden]``."""
         h = self.decoder.embed_tokens(ids)
-        cos, sin = self.decoder.rotary_emb(h, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = self._rotary(h, positions)
         for i, lay in enumerate(self.layers):
             h = self._layer(i, lay, h, cos, sin, mask, cache, col, write)
         return self.decoder.norm(h[:, -1])
@@ -304,6 +329,7 @@ class CachedDecoder:
         self.prefill_tokens += sum(len(p) - n for p, (n, _) in zip(firsts, reuse))
         lengths = valid[:, :width].sum(1)
         positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
+        self._rope = self._rope_table(max(len(p) for p in firsts) + max_new_tokens, dtype, device)
         # columns [fresh, width) are computed; each query sees its row's tokens up to itself, a padded one itself only
         q_cols = torch.arange(fresh, width, device=device)[:, None]
         k_cols = torch.arange(width, device=device)[None, :]

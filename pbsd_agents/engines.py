@@ -128,7 +128,8 @@ def sample_logits(logits, sampling: SamplingParams, generator=None):
         logp = torch.log_softmax(logits, dim=-1)
         token = logits.argmax(dim=-1, keepdim=True)
     else:
-        logits = logits / s.temperature
+        if s.temperature != 1.0:
+            logits = logits / s.temperature
         if s.top_k:
             kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -121,24 +121,43 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-SMALL_MODEL_PARAMS = 50_000_000
+def idle_cores(interval: float = 0.2) -> int | None:
+    """How many of this process's CPUs other work leaves idle, from ``/proc/stat`` over ``interval``
+    seconds (``None`` where that file does not exist)."""
+    import os
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = (1 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
+    return max(0, min(usable, round(usable - busy)))
 
 
-def set_cpu_threads(model, requested: int = 0) -> int:
-    """Set torch's intra-op CPU threads for work on ``model`` and return the count.
+def set_cpu_threads(requested: int = 0) -> int:
+    """Set torch's intra-op CPU threads and return the count.
 
-    ``requested`` > 0 is used as given. ``0`` (auto): one thread for models under 50 M parameters,
-    whose matrix products are too small to split (a second thread adds synchronisation, and on a
-    shared machine it waits for a busy core: measured in docs/BENCHMARKS.md); torch's default otherwise.
+    ``requested`` > 0 is used as given. ``0`` (auto): one thread per CPU that other work leaves idle
+    at the start (at least one). On an idle machine that is every core; when other processes keep the
+    cores busy, torch's threads would wait for each other at every op, which made a step of the
+    main job up to ten times slower than with one thread (measured in docs/BENCHMARKS.md).
     """
     import torch
 
     if requested < 0:
         raise ValueError(f"threads must be >= 0 (0 = auto), got {requested}")
     if requested == 0:
-        if sum(p.numel() for p in model.parameters()) >= SMALL_MODEL_PARAMS:
-            return torch.get_num_threads()
-        requested = 1
+        idle = idle_cores()
+        requested = torch.get_num_threads() if idle is None else max(1, idle)
     torch.set_num_threads(requested)
     return requested
 

@@ -76,7 +76,7 @@ class Trainer:
                                      max_tokens=cfg.max_tokens, seed=cfg.seed)
         set_seed(cfg.seed)
         self.policy = load_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=resolve_device(cfg.device))
-        set_cpu_threads(self.policy.model, cfg.threads)
+        set_cpu_threads(cfg.threads)
         algo_cls, _ = ALGORITHMS[cfg.algo]
         self.algorithm = algo_cls(cfg.algorithm_config(), pad_id=self.policy.tokenizer.pad_token_id or 0)
         self.collector = Collector.for_policy(self.policy, engine=cfg.engine, progress=False)

@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median), after one warm-up")
     p.add_argument("--steps", type=int, default=8, help="timed main-job steps per engine, after one warm-up step")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="also time the main job while N other processes keep cores busy (a shared machine)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script, not a measurement")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     args = p.parse_args(argv)
@@ -165,6 +167,25 @@ def trainer(engine: str, folder: str, device: str, quick: bool):
     return t
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+def bench_main_job_busy(args) -> dict:
+    """:func:`bench_main_job` while ``args.busy`` processes spin (load for the measurement, not work)."""
+    import multiprocessing
+
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
+    for proc in spinners:
+        proc.start()
+    try:
+        return bench_main_job(args)
+    finally:
+        for proc in spinners:
+            proc.terminate()
+
+
 def bench_main_job(args) -> dict:
     """Alternate ``train_step`` of one trainer per (engine, torch threads), every setting on the same load.
 
@@ -182,7 +203,7 @@ def bench_main_job(args) -> dict:
     try:
         trainers = {label: trainer(engine, os.path.join(tmp, str(i)), args.device, args.quick)
                     for i, (label, (engine, _)) in enumerate(settings.items())}
-        auto = set_cpu_threads(next(iter(trainers.values())).policy.model, 0)
+        auto = set_cpu_threads(0)
         rows = {label: [] for label in settings}
         for step in range(1 + args.steps):
             order = list(settings) if step % 2 else list(settings)[::-1]
@@ -223,7 +244,32 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python {platform.python_version()}")
 
 
-def report(args, gen: list[dict], job: dict, wall: float) -> str:
+def job_table(args, job: dict, title: str) -> list[str]:
+    rows, base, auto = job["rows"], job["default_threads"], job["auto_threads"]
+
+    def pick(engine, threads):
+        return next(r for r in rows.values() if r["engine"] == engine and r["threads"] == threads)
+
+    out = [title, ""]
+    out.append(f"One trainer per engine and torch thread count, all alternating step by step; mean of {args.steps} "
+               "step(s) each after a warm-up step. *Teacher scoring* is part of *update*.")
+    out.append("")
+    out.append(table(["engine, threads", "step (s)", "collect (s)", "teacher scoring (s)", "update (s)", "sampled tokens/step"],
+                     [[label, r["wall"], r["collect"], r["teacher"], r["update"], r["tokens"]] for label, r in rows.items()]))
+    out.append("")
+    before, after = pick("hf-generate", base), pick("hf", auto)
+    out.append(f"- **Previous defaults (hf-generate, {base} thread(s)) / new defaults (hf, `--threads` auto = {auto} "
+               f"thread(s) here): {before['wall'] / after['wall']:.2f}× per step** (collect "
+               f"{before['collect'] / after['collect']:.2f}×, update {before['update'] / after['update']:.2f}×).")
+    for n in sorted({r["threads"] for r in rows.values()}):
+        o, w = pick("hf-generate", n), pick("hf", n)
+        out.append(f"- Engine alone at {n} thread(s): {o['wall'] / w['wall']:.2f}× per step, collect "
+                   f"{o['collect'] / w['collect']:.2f}×.")
+    out.append("")
+    return out
+
+
+def report(args, gen: list[dict], job: dict, busy: dict | None, wall: float) -> str:
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = [START, "## Rollout engine: the kit's cached decoding vs transformers `generate`", ""]
     out.append(f"Written by `python scripts/bench_rollout.py {argv}` on {time.strftime('%Y-%m-%d')} "
@@ -242,29 +288,10 @@ def report(args, gen: list[dict], job: dict, wall: float) -> str:
                      [[r["model"], r["batch"], r["prompt_mean"], r["tokens_per_row"], r["old"], r["new"],
                        f"**{r['speedup']:.2f}×**", r["score"], r["overhead_old"], r["overhead_new"]] for r in gen]))
     out.append("")
-    rows, base, auto = job["rows"], job["default_threads"], job["auto_threads"]
-
-    def pick(engine, threads):
-        return next(r for r in rows.values() if r["engine"] == engine and r["threads"] == threads)
-
-    out.append("### Main job (`pbsd-agents train` defaults: embedded model, `pbsd/MathCalc-v0`, PBSD, 8 tasks per step)")
-    out.append("")
-    out.append(f"One trainer per engine and torch thread count, all alternating step by step; mean of {args.steps} "
-               "step(s) each after a warm-up step. *Teacher scoring* is part of *update*.")
-    out.append("")
-    out.append(table(["engine, threads", "step (s)", "collect (s)", "teacher scoring (s)", "update (s)", "sampled tokens/step"],
-                     [[label, r["wall"], r["collect"], r["teacher"], r["update"], r["tokens"]] for label, r in rows.items()]))
-    out.append("")
-    before, after = pick("hf-generate", base), pick("hf", auto)
-    lines = [f"- **Previous defaults (hf-generate, {base} thread(s)) / new defaults (hf, auto = {auto} thread(s)): "
-             f"{before['wall'] / after['wall']:.2f}× per step** (collect {before['collect'] / after['collect']:.2f}×, "
-             f"update {before['update'] / after['update']:.2f}×)."]
-    for n in sorted({r["threads"] for r in rows.values()}):
-        o, w = pick("hf-generate", n), pick("hf", n)
-        lines.append(f"- Engine alone at {n} thread(s): {o['wall'] / w['wall']:.2f}× per step, collect "
-                     f"{o['collect'] / w['collect']:.2f}×.")
-    out.extend(lines)
-    out.append("")
+    out += job_table(args, job, "### Main job (`pbsd-agents train` defaults: embedded model, `pbsd/MathCalc-v0`, PBSD, "
+                            "8 tasks per step)")
+    if busy:
+        out += job_table(args, busy, f"### The same with {args.busy} other processes keeping cores busy (a shared machine)")
     out.append(END)
     return "\n".join(out) + "\n"
 
@@ -288,7 +315,8 @@ def main(argv=None) -> int:
     t0 = now()
     gen = bench_generation(args)
     job = bench_main_job(args)
-    section = report(args, gen, job, now() - t0)
+    busy = bench_main_job_busy(args) if args.busy else None
+    section = report(args, gen, job, busy, now() - t0)
     write(Path(args.out), section)
     print(section)
     print(f"[bench_rollout] wrote {args.out}", file=sys.stderr)

@@ -146,3 +146,22 @@ def test_other_architectures_fall_back_to_generate():
         CachedDecoder(model)
     cached, reference = _engines(model)
     assert [g.ids for g in cached.generate(PROMPTS, GREEDY)] == [g.ids for g in reference.generate(PROMPTS, GREEDY)]
+
+
+def test_cpu_threads_auto_and_explicit():
+    from pbsd_agents.loading import idle_cores, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
+        auto = set_cpu_threads(0)
+        idle = idle_cores()
+        assert auto == torch.get_num_threads() >= 1
+        if idle is not None:
+            import os
+
+            assert 0 <= idle <= len(os.sched_getaffinity(0))
+        with pytest.raises(ValueError, match="threads must be >= 0"):
+            set_cpu_threads(-2)
+    finally:
+        torch.set_num_threads(before)

@@ -71,14 +71,14 @@ def load_model(model: str, threads: int = 0, **kwargs):
         policy = load_any(model, **kwargs)
     except (FileNotFoundError, ImportError, ValueError) as exc:  # ImportError: a preset's package is missing
         raise CLIError(str(exc).splitlines()[0]) from None
-    set_cpu_threads(policy.model, threads)
+    set_cpu_threads(threads)
     return policy
 
 
 def add_threads_flag(parser) -> None:
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="torch CPU threads (0 = auto: 1 for models under 50 M parameters, whose ops are too small "
-                             "to split and which a busy second core slows down; torch's default otherwise)")
+                        help="torch CPU threads (0 = auto: one per core that other work leaves idle at the start; "
+                             "threads waiting for busy cores slow every step down)")
 
 
 def quiet_transformers() -> None:

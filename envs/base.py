@@ -189,7 +189,8 @@ class ChatToolEnv(gym.Env):
             info.setdefault(key, copy.deepcopy(value))  # the base keys keep their meaning
         return copy.deepcopy(self._task.messages), info
 
-    def step(self, action: str) -> tuple[list[dict], float, bool, bool, dict]:
+    def _take_turn(self, action: str) -> tuple[list, list, list, dict[str, Any]]:
+        """Check and record one assistant turn: ``(parse results, calls, parse errors, the step info's common keys)``."""
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() before step()")
         if not isinstance(action, str):
@@ -205,6 +206,10 @@ class ChatToolEnv(gym.Env):
             "num_parse_errors": len(errors),
             "turn": self._turn,
         }
+        return results, calls, errors, info
+
+    def step(self, action: str) -> tuple[list[dict], float, bool, bool, dict]:
+        results, calls, errors, info = self._take_turn(action)
         if self.single_turn or not results:
             reward, extra = self._score(Transcript(list(self.messages), action, calls, errors))
             return self._end(info, reward, extra, terminated=True)

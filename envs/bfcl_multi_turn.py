@@ -40,7 +40,7 @@ import json
 from typing import Any
 
 from pbsd_agents.tools.base import Tool, ToolBox
-from pbsd_agents.tools.parsers import ParsedCall, ParseError, format_hint, format_tool_calls, parse_tool_calls
+from pbsd_agents.tools.parsers import ParsedCall, ParseError, format_hint, format_tool_calls
 
 from .base import ChatToolEnv, Task, Transcript
 from .bfcl_backends import Backends, TurnCheck, check_turn, doc_tool, function_docs, parse_gold_call, positional_names
@@ -211,22 +211,8 @@ class BFCLMultiTurnEnv(ChatToolEnv):
         return obs, info
 
     def step(self, action: str) -> tuple[list[dict], float, bool, bool, dict]:
-        if self._done:
-            raise RuntimeError("the episode is over (or never started): call reset() before step()")
-        if not isinstance(action, str):
-            raise TypeError(f"action must be the assistant's turn as a str, got {type(action).__name__}")
-        self._turn += 1
-        self.messages.append({"role": "assistant", "content": action})
-        results = parse_tool_calls(action, self.tool_format)
-        calls = [r for r in results if isinstance(r, ParsedCall)]
-        errors = [r for r in results if isinstance(r, ParseError)]
-        info: dict[str, Any] = {
-            "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in calls],
-            "parse_errors": [{"message": e.message, "span": list(e.span)} for e in errors],
-            "num_parse_errors": len(errors),
-            "turn": self._turn,
-            "user_turn": self._user_turn,
-        }
+        results, calls, errors, info = self._take_turn(action)
+        info["user_turn"] = self._user_turn
         if results:
             self._called = self._called or bool(calls)
             obs = self.run_calls(results)

@@ -170,6 +170,29 @@ def holdout(records: Sequence[T], split: str, holdout_every: int | None) -> list
     return [r for i, r in enumerate(records, 1) if (i % holdout_every == 0) == test]
 
 
+def split_records(arg: DataArg, value: Any, split: str, holdout_every: int | None, check: Callable[[Any, str], T], *,
+                  hf_config: str | None = None, hf_split: str | None = None) -> list[T]:
+    """The records of ``split`` from a local JSON/JSONL file or a Hugging Face dataset name.
+
+    A file's records are split with :func:`holdout`; a hub dataset's split ``hf_split or split`` is
+    taken as it is, unless ``hf_split`` is given (then it is held out like a file). ``check(record,
+    where)`` validates each record (``where`` names it in errors) and returns what is kept.
+    """
+    check_holdout_every(holdout_every)
+    found = local_or_hub(arg, value)
+    if isinstance(found, tuple):
+        name, inside = found
+        if inside is not None:
+            raise arg.error(value, "is not an existing file (nor a Hugging Face dataset name)")
+        rows = hub_dataset(arg, value, name, hf_config, hf_split or split)
+        records = [check(row, f"{name}[{hf_split or split}][{i}]") for i, row in enumerate(rows)]
+        return holdout(records, split, holdout_every) if hf_split is not None else records
+    if not found.is_file():
+        raise arg.error(value, "is a folder, not a file")
+    records = [check(r, f"{found}, record {i}") for i, r in enumerate(read_records(found), 1)]
+    return holdout(records, split, holdout_every)
+
+
 def check_holdout_every(value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is a positive int or None (see :func:`holdout`)."""
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

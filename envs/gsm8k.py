@@ -16,7 +16,7 @@ from pbsd_agents.tools.calculator import calculate, calculator_tool
 
 from .answers import calculator_oracle, format_fraction, parse_number, score_answer
 from .base import ChatToolEnv, Task, Transcript
-from .data import DataArg, check_holdout_every, holdout, hub_dataset, local_or_hub, read_records
+from .data import DataArg, split_records
 
 SYSTEM_PROMPT_CALC = "Solve the math problem. Use the calculator tool for arithmetic. Give the final answer as \\boxed{N}."
 SYSTEM_PROMPT_PLAIN = "Solve the math problem step by step. Give the final answer as \\boxed{N}."
@@ -148,23 +148,11 @@ class GSM8KEnv(ChatToolEnv):
         super().__init__(split=split, max_turns=max_turns, **kwargs)
         if not isinstance(use_calculator, bool):
             raise ValueError(f"use_calculator must be True or False, got {use_calculator!r}")
-        check_holdout_every(holdout_every)
         self.data_path = str(data_path)
         self.use_calculator = use_calculator
-        found = local_or_hub(_DATA, data_path)
-        if isinstance(found, tuple):
-            name, inside = found
-            if inside is not None:
-                raise _DATA.error(data_path, "is not an existing file (nor a Hugging Face dataset name)")
-            if hf_config is None and name.lower().endswith("gsm8k"):
-                hf_config = "main"  # openai/gsm8k has configs "main" and "socratic"
-            rows = hub_dataset(_DATA, data_path, name, hf_config, split)
-            records = [_check_record(row, f"{name}[{split}][{i}]") for i, row in enumerate(rows)]
-        elif found.is_file():
-            records = [_check_record(r, f"{found}, record {i}") for i, r in enumerate(read_records(found), 1)]
-            records = holdout(records, split, holdout_every)
-        else:
-            raise _DATA.error(data_path, "is a folder, not a file")
+        if hf_config is None and str(data_path).lower().endswith("gsm8k"):
+            hf_config = "main"  # openai/gsm8k has configs "main" and "socratic"
+        records = split_records(_DATA, data_path, split, holdout_every, _check_record, hf_config=hf_config)
         if not records:
             raise ValueError(f"no records for split {split!r} in {self.data_path!r}")
         self.records = records

@@ -15,7 +15,7 @@ from pbsd_agents.tools.calculator import calculator_tool
 
 from .answers import last_boxed, score_answer
 from .base import ChatToolEnv, Task, Transcript
-from .data import DataArg, check_holdout_every, holdout, hub_dataset, local_or_hub, read_records
+from .data import DataArg, split_records
 
 SYSTEM_PROMPT = "Solve the math problem. Give the final answer as \\boxed{...}."
 SYSTEM_PROMPT_CALC = ("Solve the math problem. You may use the calculator tool for arithmetic. "
@@ -92,23 +92,10 @@ class MATHEnv(ChatToolEnv):
         super().__init__(split=split, max_turns=max_turns, **kwargs)
         if not isinstance(use_calculator, bool):
             raise ValueError(f"use_calculator must be True or False, got {use_calculator!r}")
-        check_holdout_every(holdout_every)
         self.data_path = str(data_path)
         self.use_calculator = use_calculator
-        found = local_or_hub(_DATA, data_path)
-        if isinstance(found, tuple):
-            name, inside = found
-            if inside is not None:
-                raise _DATA.error(data_path, "is not an existing file (nor a Hugging Face dataset name)")
-            rows = hub_dataset(_DATA, data_path, name, hf_config, hf_split or split)
-            records = [_check_record(row, f"{name}[{hf_split or split}][{i}]") for i, row in enumerate(rows)]
-            if hf_split is not None:
-                records = holdout(records, split, holdout_every)
-        elif found.is_file():
-            records = [_check_record(r, f"{found}, record {i}") for i, r in enumerate(read_records(found), 1)]
-            records = holdout(records, split, holdout_every)
-        else:
-            raise _DATA.error(data_path, "is a folder, not a file")
+        records = split_records(_DATA, data_path, split, holdout_every, _check_record, hf_config=hf_config,
+                                hf_split=hf_split)
         if not records:
             raise ValueError(f"no records for split {split!r} in {self.data_path!r}")
         self.records = records

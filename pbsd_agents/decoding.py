@@ -14,6 +14,9 @@ a model is one; the engine falls back to ``generate`` otherwise.
 Rows are left-padded to a common width, so every row writes the same cache column at each step;
 padded keys are masked. Identical prompts (the k samples of one task) are prefilled once and their
 cache rows copied. Rows that have stopped are dropped from the batch once half of it has stopped.
+The key/values of every decoded row are kept until the next call (:meth:`CachedDecoder.new_call`):
+a prompt there that extends one of those sequences (a multi-turn episode's next turn: its context,
+the turn just generated, then the observation) copies them and computes only the rest.
 
 Example:
     >>> import torch

@@ -155,7 +155,7 @@ class Trackers:
 
 def open_trackers(report_to: str, out: Path, config: dict) -> Trackers:
     """Start the trackers ``report_to`` names for the run in ``out``; one that cannot start is a
-    one-line ``RuntimeError`` (this happens before the model loads)."""
+    one-line ``ValueError`` (a setting to fix, e.g. no W&B key; this happens before the model loads)."""
     opened = []
     try:
         for name in parse_report_to(report_to):
@@ -163,7 +163,8 @@ def open_trackers(report_to: str, out: Path, config: dict) -> Trackers:
                 opened.append(CLASSES[name](Path(out), Path(out).name, config))
             except Exception as exc:  # noqa: BLE001 - e.g. wandb online without an API key
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise RuntimeError(f"--report-to {name}: could not start ({first})") from None
+                hint = "; WANDB_MODE=offline logs locally" if name == "wandb" else ""
+                raise ValueError(f"--report-to {name}: could not start ({first}){hint}") from None
     except BaseException:
         Trackers(opened).close()
         raise

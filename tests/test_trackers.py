@@ -158,3 +158,16 @@ def test_a_tracker_failing_mid_run_is_warned_once_and_the_rows_are_kept(tmp_path
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: wandb failed to log step 1")
+
+
+@pytest.mark.skipif("wandb" not in INSTALLED, reason="needs wandb (pip install 'pbsd-agents[wandb]')")
+def test_a_tracker_that_cannot_start_is_one_line_before_the_model_loads(tiny_model, tmp_path, monkeypatch, capsys):
+    # online W&B with no key anywhere: a home of its own, so no login of the machine's is used
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "run"
+    assert cli_main(["train", "--model", tiny_model, "--report-to", "wandb", "--out", str(out), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pbsd-agents")]
+    assert len(err) == 1 and "--report-to wandb: could not start" in err[0] and "WANDB_MODE=offline" in err[0], err

@@ -155,19 +155,24 @@ def test_a_tracker_failing_mid_run_is_warned_once_and_the_rows_are_kept(tmp_path
         log.metrics({"step": step, "loss": 1.0 / step})
     log.eval({"step": 3, "success": 0.5})
     log.close()
+    import wandb
+
+    wandb.teardown()  # the process's wandb settings (offline) go with it
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: wandb failed to log step 1")
 
 
 @pytest.mark.skipif("wandb" not in INSTALLED, reason="needs wandb (pip install 'pbsd-agents[wandb]')")
-def test_a_tracker_that_cannot_start_is_one_line_before_the_model_loads(tiny_model, tmp_path, monkeypatch, capsys):
-    # online W&B with no key anywhere: a home of its own, so no login of the machine's is used
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    out = tmp_path / "run"
-    assert cli_main(["train", "--model", tiny_model, "--report-to", "wandb", "--out", str(out), "--no-progress"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pbsd-agents")]
-    assert len(err) == 1 and "--report-to wandb: could not start" in err[0] and "WANDB_MODE=offline" in err[0], err
+def test_a_tracker_that_cannot_start_is_one_line_before_the_model_loads(tiny_model, tmp_path):
+    # online W&B with no key anywhere: a home of its own, so no login of the machine's is used; a fresh
+    # process, since wandb keeps the settings of the first run a process started (offline, above)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"))
+    args = [sys.executable, "-m", "pbsd_agents.cli", "train", "--model", tiny_model, "--report-to", "wandb",
+            "--out", str(tmp_path / "run"), "--no-progress", "--steps", "1", "--eval-tasks", "1"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    err = [line for line in done.stderr.splitlines() if line.startswith("pbsd-agents")]
+    assert done.returncode == 2 and len(err) == 1, done.stderr[-2000:]
+    assert "--report-to wandb: could not start" in err[0] and "WANDB_MODE=offline" in err[0], err
+    assert "held-out" not in done.stdout + done.stderr  # nothing ran

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "default"
 ENGINES = ("hf", "hf-generate", "vllm")
-REPORT_TO = ("none", "tensorboard")
 # What may differ from the run's config.yaml on --resume: the budget, the cadences, where and how it reports.
 RESUMABLE = ("steps", "max_trajectories", "max_wall_s", "eval_every", "save_every", "keep_last", "out", "resume",
              "device", "threads", "report_to", "progress")
@@ -71,7 +70,9 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int = _opt(0, "torch CPU threads (0 = auto: one per core that other work leaves idle at the start; "
                         "threads waiting for busy cores slow every step down)")
-    report_to: str = _opt("none", "also log to: none or tensorboard")
+    report_to: str = _opt("none", "also log to experiment trackers: none, tensorboard, wandb or trackio, "
+                          "comma-separated for several (e.g. tensorboard,wandb); each is an extra: "
+                          "pip install 'pbsd-agents[wandb]'")
     progress: bool = _opt(True, "show progress bars and messages")
 
     @classmethod
@@ -89,6 +90,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` naming the first bad option."""
         from .envs.registry import resolve_env_id
+        from .trackers import parse_report_to
 
         from .algorithms import ALGORITHMS  # imports torch: only when a run is really configured
 
@@ -97,8 +99,7 @@ class TrainConfig:
         resolve_env_id(self.env)
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid choices: {', '.join(ENGINES)}")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
+        parse_report_to(self.report_to)  # known names, installed packages: before anything loads
         for key, value in coerce_fields(type(self), dataclasses.asdict(self), "config").items():
             setattr(self, key, value)  # a config built in Python gets the same types as one read from YAML
         for name in ("steps", "tasks_per_step", "grad_accum", "max_new_tokens", "max_tokens", "eval_tasks", "pass_k",

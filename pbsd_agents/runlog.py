@@ -1,4 +1,5 @@
-"""A run folder's logs: ``metrics.jsonl``, ``eval.jsonl``, TensorBoard, and messages on stderr.
+"""A run folder's logs: ``metrics.jsonl``, ``eval.jsonl``, the trackers of ``--report-to`` (see
+:mod:`~pbsd_agents.trackers`), and messages on stderr.
 
 One JSON object per line; a line cut by a kill is dropped when read. On resume, :meth:`RunLog.rewind`
 drops what was written after the restored checkpoint, so the files read as one uninterrupted run.
@@ -39,13 +40,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class RunLog:
-    """Append metrics and evaluations to a run folder (and TensorBoard); print messages when ``progress``."""
+    """Append metrics and evaluations to a run folder (and its trackers); print messages when ``progress``.
 
-    def __init__(self, out: Path, *, progress: bool = True, report_to: str = "none"):
+    ``config`` (the run's options) is what the trackers record as the run's config."""
+
+    def __init__(self, out: Path, *, progress: bool = True, report_to: str = "none", config: dict | None = None):
         self.out = Path(out)
         self.progress = progress
         self.report_to = report_to
-        self._writer = None
+        self.config = config or {}
+        self._trackers = None
         self._lock = None
 
     def open(self) -> None:
@@ -66,19 +70,16 @@ class RunLog:
             lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             lock.flush()
             self._lock = lock
-        if self.report_to == "tensorboard" and self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise RuntimeError("--report-to tensorboard needs the tensorboard package: "
-                                   "pip install 'pbsd-agents[tensorboard]'") from None
-            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        if self._trackers is None:
+            from .trackers import open_trackers
+
+            self._trackers = open_trackers(self.report_to, self.out, self.config)
 
     def metrics(self, row: dict) -> None:
-        self._append("metrics.jsonl", row, "train")
+        self._append("metrics.jsonl", row, "")
 
     def eval(self, row: dict) -> None:
-        self._append("eval.jsonl", row, "eval")
+        self._append("eval.jsonl", row, "eval/")
 
     def eval_at(self, step: int) -> dict | None:
         return next((r for r in read_jsonl(self.out / "eval.jsonl") if r.get("step") == step), None)
@@ -108,17 +109,15 @@ class RunLog:
             (self.out / name).unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._trackers is not None:
+            self._trackers.close()
+            self._trackers = None
         if self._lock is not None:
             self._lock.close()  # closing releases the lock
             self._lock = None
 
-    def _append(self, name: str, row: dict, tag: str) -> None:
+    def _append(self, name: str, row: dict, prefix: str) -> None:
         with open(self.out / name, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
-        if self._writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
-                    self._writer.add_scalar(f"{tag}/{k}", v, row["step"])
+        if self._trackers is not None:  # the file first: a tracker's failure never costs a row
+            self._trackers.log(row, row["step"], prefix)

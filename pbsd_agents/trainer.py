@@ -40,6 +40,10 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# a lock and the trackers' folders alone: a start that failed before the run wrote anything
+_LEFT_BY_A_FAILED_START = (".lock", "tensorboard", "wandb")
+
+
 class Trainer:
     """Train a policy with one of the algorithms (see ``TrainConfig`` for every option).
 
@@ -59,9 +63,10 @@ class Trainer:
             conflicts = config.resume_conflicts(yaml.safe_load(saved.read_text()) or {})
             if conflicts:
                 raise ValueError(f"--resume: {'; '.join(conflicts)}; only {', '.join(RESUMABLE)} may change on resume")
-        elif self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):  # a lock alone: setup failed
+        elif self.out.exists() and any(p.name not in _LEFT_BY_A_FAILED_START for p in self.out.iterdir()):
             raise FileExistsError(f"{self.out} exists; pass --resume to continue it or choose another --out")
-        self.log = RunLog(self.out, progress=config.progress, report_to=config.report_to)
+        self.log = RunLog(self.out, progress=config.progress, report_to=config.report_to,
+                         config=dataclasses.asdict(config))
 
     def setup(self) -> None:
         from .envs.registry import count_tasks

@@ -103,8 +103,9 @@ class Collector:
                    progress: bool = True, **engine_kwargs) -> "Collector":
         """A collector for a :class:`~pbsd_agents.models.Policy` (from :func:`~pbsd_agents.loading.load_policy`).
 
-        ``engine`` is ``"hf"`` (default), ``"hf-generate"`` (the same with transformers ``generate``), ``"vllm"`` (experimental; the student is served from the
-        policy's LoRA adapter, pushed to vLLM at the start of every student collection) or an engine object.
+        ``engine`` is ``"hf"`` (default), ``"hf-generate"`` (the same with transformers ``generate``),
+        ``"vllm"`` (experimental; the student is served from the policy's LoRA adapter, pushed to vLLM at
+        the start of every student collection) or an engine object.
         """
         renderer = policy.renderer
         before = None

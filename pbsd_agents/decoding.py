@@ -94,45 +94,29 @@ class _Layer:
 
     Fusing q/k/v (and gate/up) turns seven matrix products per layer into four; for a small model,
     whose every op costs more in dispatch than in arithmetic, that is most of a decode step. The fused
-    weights are copies, rebuilt when an optimizer step has changed the originals.
+    weights are copies, rebuilt when the weights have changed (an optimizer step, a load).
     """
 
     def __init__(self, layer, fuse: bool):
         self.layer, self.attn, self.mlp = layer, layer.self_attn, layer.mlp
         a, m = self.attn, self.mlp
-        self.fuse_qkv = fuse and all(_plain_linear(x) for x in (a.q_proj, a.k_proj, a.v_proj))
+        qkv = (a.q_proj, a.k_proj, a.v_proj)
+        # fused only when every part is a plain map and their biases are all there or all absent
+        self.fuse_qkv = fuse and all(map(_plain_linear, qkv)) and len({x.bias is None for x in qkv}) == 1
         self.fuse_mlp = fuse and all(hasattr(m, x) for x in ("gate_proj", "up_proj", "down_proj", "act_fn")) \
-            and _plain_linear(m.gate_proj) and _plain_linear(m.up_proj)
+            and all(_plain_linear(x) and x.bias is None for x in (m.gate_proj, m.up_proj))
         self.norm_eps = (_rms_eps(layer.input_layernorm), _rms_eps(layer.post_attention_layernorm))
-        self._versions = None
         self.qkv_w = self.qkv_b = self.gate_up_w = None
 
-    def _sources(self):
-        out = []
-        if self.fuse_qkv:
-            out += [self.attn.q_proj, self.attn.k_proj, self.attn.v_proj]
-        if self.fuse_mlp:
-            out += [self.mlp.gate_proj, self.mlp.up_proj]
-        return [t for lin in out for t in (lin.weight, lin.bias) if t is not None]
-
     def refresh(self) -> None:
-        """(Re)build the fused weights when any source tensor was modified since the last build."""
-        versions = [(id(t), t._version) for t in self._sources()]
-        if versions == self._versions:
-            return
+        """Build the fused weights from the current ones."""
         a, m = self.attn, self.mlp
         if self.fuse_qkv:
             self.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-            self.qkv_b = torch.cat(biases).detach() if all(b is not None for b in biases) else None
-            if self.qkv_b is None and any(b is not None for b in biases):
-                self.fuse_qkv = False
+            if a.q_proj.bias is not None:
+                self.qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
         if self.fuse_mlp:
-            if m.gate_proj.bias is not None or m.up_proj.bias is not None:
-                self.fuse_mlp = False
-            else:
-                self.gate_up_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
-        self._versions = versions
+            self.gate_up_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
 
     def norm(self, which: int, x):
         module = (self.layer.input_layernorm, self.layer.post_attention_layernorm)[which]
@@ -188,7 +172,7 @@ class CachedDecoder:
         self.params = list(model.parameters())
         self._kept: list[_Kept] = []  # reusable by this call
         self._next: list[_Kept] = []  # made by this call, reusable by the next
-        self._kept_stamp: tuple | None = None
+        self._weights_stamp: tuple | None = None  # tensor versions of the weights at the last check
         self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
         self._rope = None  # cos and signed sin by position, made per call
 
@@ -268,9 +252,16 @@ class CachedDecoder:
 
     def new_call(self) -> None:
         """Start a new ``generate`` call: what the previous call decoded becomes reusable, older entries go."""
+        self._kept, self._next = self._next, []
+
+    def _check_weights(self) -> None:
+        """After the weights changed (in-place updates bump tensor versions): rebuild the fused
+        weights, and drop the kept key/values, which the old weights computed."""
         stamp = self._stamp()
-        self._kept = self._next if stamp == self._kept_stamp else []  # weights changed: nothing is valid
-        self._next, self._kept_stamp = [], stamp
+        if stamp != self._weights_stamp:
+            for lay in self.layers:
+                lay.refresh()
+            self._kept, self._weights_stamp = [], stamp
 
     def forget(self) -> None:
         """Drop every kept key/value (frees their memory)."""
@@ -300,8 +291,7 @@ class CachedDecoder:
         a sequence decoded by the previous ``generate`` call (see :meth:`new_call`) reuses its key/values.
         """
         device = self.head.weight.device
-        for lay in self.layers:
-            lay.refresh()
+        self._check_weights()
         unique: dict[tuple, int] = {}
         rows = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
         firsts = list(unique)

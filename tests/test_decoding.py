@@ -102,6 +102,7 @@ def test_kept_key_values_are_dropped_when_the_weights_change_or_on_forget():
     first = engine.generate(PROMPTS, GREEDY)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # an optimizer step does the same: in place
+        model.model.layers[0].self_attn.q_proj.weight.mul_(3.0)  # a fused one too
     decoder = engine._decoder(model, False)
     before = decoder.reused_tokens
     got = engine.generate(_second_round(first), GREEDY)

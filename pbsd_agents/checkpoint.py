@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["candidates", "export", "is_checkpoint", "latest", "load_any", "load_weights", "restore", "run_config", "save", "verify"]
+__all__ = ["apply_training_state", "candidates", "export", "is_checkpoint", "latest", "load", "load_any", "load_weights", "restore", "run_config", "save", "verify"]
 
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"
@@ -49,10 +49,13 @@ def run_config(ckpt: str | Path) -> dict | None:
     return (yaml.safe_load(path.read_text()) or {}) if is_checkpoint(ckpt) and path.exists() else None
 
 
-def save(ckpt_dir: Path, step: int, policy, optimizer, scheduler, state: dict, keep_last: int = 2) -> Path:
+def save(ckpt_dir: Path, step: int, policy, optimizer, scheduler, state: dict, keep_last: int = 2, *,
+         model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
     """Write ``ckpt_dir/step_XXXXXX`` atomically and keep only the last ``keep_last`` (at least 1).
 
     Only older checkpoints are pruned, so a stray folder with a larger step never costs a valid one.
+    ``model_state`` and ``optimizer_state`` replace the model's and the optimizer's own state dicts
+    (a sharded run passes them gathered whole, so its checkpoint is the same as one process's).
     """
     import torch
 
@@ -66,10 +69,10 @@ def save(ckpt_dir: Path, step: int, policy, optimizer, scheduler, state: dict, k
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
     try:
         tmp.mkdir()
-        policy.model.save_pretrained(tmp)
+        policy.model.save_pretrained(tmp, **({"state_dict": model_state} if model_state is not None else {}))
         if policy.tokenizer is not None:
             policy.tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng_state.pt")
         (tmp / STATE).write_text(json.dumps(state, indent=2))
@@ -137,8 +140,17 @@ def restore(ckpt: Path, policy, optimizer, scheduler) -> dict:
     Every file is read before anything is applied, so a file that cannot be loaded (``ValueError``)
     leaves the policy and the optimizer as they were.
     """
+    training = load(ckpt, policy)
+    return apply_training_state(training, optimizer, scheduler)
+
+
+def load(ckpt: Path, policy) -> dict:
+    """Read every file of a checkpoint, then load its weights into ``policy``; returns the rest
+    (trainer state, optimizer, scheduler and RNG states) for :func:`apply_training_state`.
+
+    A file that cannot be loaded is a ``ValueError`` raised before the policy changes.
+    """
     import numpy as np
-    import torch
 
     ckpt = Path(ckpt)
     state = read_state(ckpt)
@@ -152,12 +164,23 @@ def restore(ckpt: Path, policy, optimizer, scheduler) -> dict:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{ckpt.name}/rng_state.pt is not an RNG state of this kit ({exc})") from None
     _apply_weights(policy.model, ckpt, weights)
-    optimizer.load_state_dict(opt)
-    scheduler.load_state_dict(sched)
+    return {"state": state, "optimizer": opt, "scheduler": sched, "rng": (python_state, numpy_state, torch_state)}
+
+
+def apply_training_state(training: dict, optimizer, scheduler, localize: Callable[[dict], dict] | None = None) -> dict:
+    """Apply what :func:`load` returned to the optimizer, the scheduler and the RNGs; returns the trainer
+    state. ``localize`` turns the saved optimizer state into this process's (its shards in a sharded run)."""
+    import numpy as np
+    import torch
+
+    opt = training["optimizer"]
+    optimizer.load_state_dict(localize(opt) if localize is not None else opt)
+    scheduler.load_state_dict(training["scheduler"])
+    python_state, numpy_state, torch_state = training["rng"]
     random.setstate(python_state)
     np.random.set_state(numpy_state)
     torch.random.set_rng_state(torch_state)
-    return state
+    return training["state"]
 
 
 def read_state(ckpt: str | Path) -> dict:

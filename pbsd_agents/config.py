@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "default"
 ENGINES = ("hf", "hf-generate", "vllm")
+PARALLEL = ("ddp", "fsdp")  # pbsd_agents.parallel.MODES (that module imports torch when used)
 # What may differ from the run's config.yaml on --resume: the budget, the cadences, where and how it reports.
 RESUMABLE = ("steps", "max_trajectories", "max_wall_s", "eval_every", "save_every", "keep_last", "out", "resume",
-             "device", "threads", "report_to", "progress")
+             "parallel", "device", "threads", "report_to", "progress")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -48,7 +49,7 @@ class TrainConfig:
     max_trajectories: int = _opt(0, "budget in sampled trajectories, teacher samples included (0 = use --steps)")
     max_wall_s: float = _opt(0.0, "stop training after this many seconds (0 = no limit); "
                              "evaluation and the final checkpoint still run")
-    tasks_per_step: int = _opt(8, "tasks sampled per step")
+    tasks_per_step: int = _opt(8, "tasks sampled per step (per process when launched with torchrun or accelerate)")
     temperature: float = _opt(1.0, "student sampling temperature (the teacher's too unless the algorithm overrides it)")
     # 160: three parallel calls of the embedded model take ~130 tokens.
     max_new_tokens: int = _opt(160, "tokens per assistant turn")
@@ -59,13 +60,18 @@ class TrainConfig:
     grad_clip: float = _opt(1.0, "gradient norm clip (0 = none)")
     grad_accum: int = _opt(1, "micro-batches per optimizer step (tasks are split between them)")
     eval_every: int = _opt(50, "steps between held-out evaluations (0 = only before and after)")
-    eval_tasks: int = _opt(64, "held-out tasks per evaluation")
+    eval_tasks: int = _opt(64, "held-out tasks per evaluation (split between the processes of a launched run)")
     pass_k: int = _opt(4, "samples per task at the student temperature for pass@k and T=1 success")
     save_every: int = _opt(10, "steps between checkpoints (0 = only the final one); a kill loses at most this many")
     keep_last: int = _opt(2, "checkpoints kept")
     out: str = _opt("", "run folder (default runs/<algo>-<env>-<time>); an existing one needs --resume")
     resume: bool = _opt(False, "continue the run in --out from its newest valid checkpoint, with its config.yaml; "
                         f"only {', '.join(RESUMABLE[:-3])}, device, report_to and progress may differ from it")
+    parallel: str = _opt("ddp", "with several processes (torchrun, accelerate launch): ddp (each holds the whole "
+                         "policy, gradients averaged) or fsdp (weights, gradients, optimizer state and the frozen "
+                         "teacher sharded with FSDP2); ignored in one process. Checkpoints hold the full state, so a "
+                         "run resumes with any number of processes and either mode (the same number reproduces the "
+                         "same task stream)")
     seed: int = _opt(0, "random seed (tasks and sampling of every step derive from it)")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int = _opt(0, "torch CPU threads (0 = auto: one per core that other work leaves idle at the start; "
@@ -99,6 +105,8 @@ class TrainConfig:
         resolve_env_id(self.env)
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid choices: {', '.join(ENGINES)}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"unknown parallel mode {self.parallel!r}; valid choices: {', '.join(PARALLEL)}")
         parse_report_to(self.report_to)  # known names, installed packages: before anything loads
         for key, value in coerce_fields(type(self), dataclasses.asdict(self), "config").items():
             setattr(self, key, value)  # a config built in Python gets the same types as one read from YAML

@@ -263,6 +263,10 @@ class CachedDecoder:
                 lay.refresh()
             self._kept, self._weights_stamp = [], stamp
 
+    def weights_changed(self) -> None:
+        """Rebuild the fused weights and drop the kept key/values at the next call, whatever the versions say."""
+        self._weights_stamp = None
+
     def forget(self) -> None:
         """Drop every kept key/value (frees their memory)."""
         self._kept, self._next = [], []

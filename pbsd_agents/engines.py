@@ -288,6 +288,13 @@ class HFEngine:
             per_view[teacher] = CachedDecoder(model)
         return per_view[teacher]
 
+    def weights_changed(self) -> None:
+        """The trainer took an optimizer step: rebuild fused weights at the next call. Tensor versions
+        tell it in one process; weights that FSDP gathers anew for each call keep theirs."""
+        for per_view in self._decoders.values():
+            for decoder in per_view.values():
+                decoder.weights_changed()
+
     def forget(self) -> None:
         """Free the key/values kept for reuse by the next call (the collector calls it when a collection ends)."""
         for per_view in self._decoders.values():

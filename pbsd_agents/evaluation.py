@@ -10,7 +10,8 @@ dict, the row written to ``eval.jsonl``::
     mean_action_tokens, parse_error_rate, num_tasks[, per_category: {category: the same keys}]
 
 Sampling is seeded from ``seed`` (and the caller's RNG state restored after), so the same weights
-give the same eval samples.
+give the same eval samples. In a multi-process run each rank evaluates every N-th task and the
+results are gathered, so every rank returns the whole row.
 
 When the categories are the Berkeley Function Calling Leaderboard's, the row also has ``bfcl``: its
 overall scores from the greedy decodes, combined as the leaderboard combines them (``non_live``: the
@@ -154,18 +155,29 @@ class Evaluation:
         if size is not None:
             self.num_tasks = min(self.num_tasks, size)
 
-    def run(self, collector, *, step: int = 0, trajectories: int = 0) -> tuple[dict, list]:
-        """``(the eval.jsonl row, the greedy trajectories)``."""
+    def run(self, collector, *, step: int = 0, trajectories: int = 0, parallel=None) -> tuple[dict, list]:
+        """``(the eval.jsonl row, the greedy trajectories)``; ``parallel`` (a
+        :class:`~pbsd_agents.parallel.Parallel`) splits the tasks between its ranks."""
         import torch
 
-        tasks = list(range(self.num_tasks))
+        rank, world = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+        tasks = list(range(self.num_tasks))[rank::world]
         state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed + SEED_OFFSET)  # the same eval samples whenever the weights are the same
+        torch.manual_seed(self.seed + SEED_OFFSET + rank)  # the same eval samples whenever the weights are the same
+
+        def collect():
+            return (self._collect(collector, tasks, 0.0),
+                    self._collect(collector, [i for i in tasks for _ in range(self.pass_k)], self.temperature))
+
         try:
-            greedy = self._collect(collector, tasks, 0.0)
-            sampled = self._collect(collector, [i for i in tasks for _ in range(self.pass_k)], self.temperature)
+            greedy, sampled = collect() if parallel is None else parallel.run(collect)
         finally:
             torch.random.set_rng_state(state)
+        if world > 1:  # rank r holds tasks r, r + N, ...: interleave them back into task order
+            shares = parallel.gather((greedy, sampled))
+            greedy = [shares[i % world][0][i // world] for i in range(self.num_tasks)]
+            k = self.pass_k
+            sampled = [t for i in range(self.num_tasks) for t in shares[i % world][1][(i // world) * k : (i // world + 1) * k]]
         groups = [sampled[i : i + self.pass_k] for i in range(0, len(sampled), self.pass_k)] if sampled else []
         return {"step": step, "trajectories": trajectories, **summarize(greedy, groups, self.pass_k)}, greedy
 

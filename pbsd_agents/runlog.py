@@ -42,11 +42,14 @@ def read_jsonl(path: Path) -> list[dict]:
 class RunLog:
     """Append metrics and evaluations to a run folder (and its trackers); print messages when ``progress``.
 
-    ``config`` (the run's options) is what the trackers record as the run's config."""
+    ``config`` (the run's options) is what the trackers record as the run's config. ``writer=False``
+    (the other ranks of a multi-process run) reads the folder but writes and prints nothing."""
 
-    def __init__(self, out: Path, *, progress: bool = True, report_to: str = "none", config: dict | None = None):
+    def __init__(self, out: Path, *, progress: bool = True, report_to: str = "none", config: dict | None = None,
+                 writer: bool = True):
         self.out = Path(out)
-        self.progress = progress
+        self.writer = writer
+        self.progress = progress and writer
         self.report_to = report_to
         self.config = config or {}
         self._trackers = None
@@ -54,6 +57,8 @@ class RunLog:
 
     def open(self) -> None:
         """Create the folder and take its lock (a ``FileExistsError`` names the run that holds it)."""
+        if not self.writer:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         if fcntl is not None and self._lock is None:
             lock = open(self.out / ".lock", "a+")
@@ -86,6 +91,8 @@ class RunLog:
 
     def rewind(self, step: int) -> None:
         """Drop rows after ``step`` (and repeated evaluations of one step)."""
+        if not self.writer:
+            return
         for name in ("metrics.jsonl", "eval.jsonl"):
             rows, seen = [], set()
             for r in read_jsonl(self.out / name):
@@ -97,7 +104,8 @@ class RunLog:
             (self.out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def write(self, name: str, text: str) -> None:
-        (self.out / name).write_text(text)
+        if self.writer:
+            (self.out / name).write_text(text)
 
     def print(self, msg: str) -> None:
         if self.progress:
@@ -105,6 +113,8 @@ class RunLog:
 
     def clear(self) -> None:
         """Remove the logs (a run that starts over)."""
+        if not self.writer:
+            return
         for name in ("metrics.jsonl", "eval.jsonl", "summary.json"):
             (self.out / name).unlink(missing_ok=True)
 
@@ -117,6 +127,8 @@ class RunLog:
             self._lock = None
 
     def _append(self, name: str, row: dict, prefix: str) -> None:
+        if not self.writer:
+            return
         with open(self.out / name, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
         if self._trackers is not None:  # the file first: a tracker's failure never costs a row

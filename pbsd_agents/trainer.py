@@ -6,6 +6,10 @@
 
 Every step is reproducible from ``(seed, step)``: the tasks of step s and the sampling RNG are
 seeded from them, so ``--resume`` after a kill continues exactly where the last checkpoint was.
+Launched by ``torchrun`` or ``accelerate launch``, each process (rank) collects ``tasks_per_step`` of
+the step's tasks (rank r takes the r-th share of the list drawn from ``(seed, step)``, and seeds its
+sampling from ``(seed, step, rank)``), gradients are averaged (:mod:`~pbsd_agents.parallel`), and
+rank 0 alone writes the run folder.
 Evaluation lives in :mod:`~pbsd_agents.evaluation`, the checkpoint format in
 :mod:`~pbsd_agents.checkpoint`, the run folder's logs in :mod:`~pbsd_agents.runlog`.
 """
@@ -28,6 +32,7 @@ from . import checkpoint
 from .algorithms import ALGORITHMS, Batch, TaskGroup
 from .config import DEFAULT_MODEL, RESUMABLE, TrainConfig
 from .evaluation import Evaluation
+from .parallel import Parallel
 from .plotting import plot_run
 from .runlog import RunLog
 
@@ -54,8 +59,11 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         config.validate()
         self.config = config
+        self.parallel = Parallel(config.parallel)
+        self.device = self.parallel.start(config.device)  # joins the launcher's process group, if any
         name = f"{config.algo}-{re.split('[/:]', config.env)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.out = Path(config.out or f"runs/{name}")
+        self.out = Path(self.parallel.broadcast(config.out or f"runs/{name}"))  # rank 0's clock names the run
+        main = self.parallel.is_main
         if config.resume:
             saved = self.out / "config.yaml"
             if not saved.exists():
@@ -63,12 +71,13 @@ class Trainer:
             conflicts = config.resume_conflicts(yaml.safe_load(saved.read_text()) or {})
             if conflicts:
                 raise ValueError(f"--resume: {'; '.join(conflicts)}; only {', '.join(RESUMABLE)} may change on resume")
-        elif self.out.exists() and any(p.name not in _LEFT_BY_A_FAILED_START for p in self.out.iterdir()):
+        elif main and self.out.exists() and any(p.name not in _LEFT_BY_A_FAILED_START for p in self.out.iterdir()):
             raise FileExistsError(f"{self.out} exists; pass --resume to continue it or choose another --out")
         self.log = RunLog(self.out, progress=config.progress, report_to=config.report_to,
-                         config=dataclasses.asdict(config))
+                         config=dataclasses.asdict(config), writer=main)
 
-    def setup(self) -> None:
+    def setup(self, restore: bool = False) -> bool:
+        """Load everything; with ``restore``, from the newest checkpoint that loads (returns whether one did)."""
         from .envs.registry import count_tasks
         from .loading import load_policy, resolve_device, set_cpu_threads
         from .rollout import Collector
@@ -80,17 +89,29 @@ class Trainer:
                                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                      max_tokens=cfg.max_tokens, seed=cfg.seed)
         set_seed(cfg.seed)
-        self.policy = load_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=resolve_device(cfg.device))
+        self.policy = load_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=resolve_device(self.device))
         set_cpu_threads(cfg.threads)
         algo_cls, _ = ALGORITHMS[cfg.algo]
         self.algorithm = algo_cls(cfg.algorithm_config(), pad_id=self.policy.tokenizer.pad_token_id or 0)
         self.collector = Collector.for_policy(self.policy, engine=cfg.engine, progress=False)
+        self.step = self.trajectories = self.tokens = self.skipped = 0
+        saved = self._load_checkpoint() if restore else None  # weights first: sharding below splits them
+        self.parallel.wrap(self.policy)
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.step = self.trajectories = self.tokens = self.skipped = 0
         self.plan = self.algorithm.plan()
+        if saved is None:
+            return False
+        ckpt, training = saved
+        state = checkpoint.apply_training_state(training, self.optimizer, self.scheduler,
+                                                localize=lambda sd: self.parallel.local_optimizer_state(self.optimizer, sd))
+        self.step, self.trajectories = state["step"], state["trajectories"]
+        self.tokens, self.skipped = state["tokens"], state["skipped"]
+        self.log.rewind(self.step)
+        self.log.print(f"resumed from {ckpt} (step {self.step})")
+        return True
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -99,13 +120,14 @@ class Trainer:
             return self._train()
         finally:
             self.log.close()  # releases the folder's lock however the run ends
+            self.parallel.close()
 
     def _train(self) -> dict:
         cfg, log = self.config, self.log
         log.open()  # the folder is writable and ours before anything heavy starts
-        self._check_space()
-        self.setup()
-        resumed = cfg.resume and self._restore()
+        if self.parallel.is_main:
+            self._check_space()
+        resumed = self.setup(restore=cfg.resume)
         if cfg.resume and not resumed:
             if any((self.out / "checkpoints").glob("step_*")):
                 raise ValueError(f"--resume: no checkpoint in {self.out / 'checkpoints'} verifies and loads (reasons above); "
@@ -114,20 +136,21 @@ class Trainer:
             log.clear()
         if not resumed:
             log.write("config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        elif self._budget_spent() and (self.out / "summary.json").exists():
+        elif self.parallel.broadcast(self._budget_spent() and (self.out / "summary.json").exists()):
             log.print(f"{self.out} is finished (step {self.step}); nothing to do")
             return json.loads((self.out / "summary.json").read_text())
         t0 = time.time()
-        eval_before = log.eval_at(0) if resumed else None
+        # Rank 0 reads the logs; every rank must then agree on whether to evaluate (a collective).
+        eval_before = self.parallel.broadcast(log.eval_at(0) if resumed else None)
         if eval_before is None:
             eval_before = self.evaluate()
             log.eval(eval_before)
         log.print(f"held-out success before training: {_fmt_eval(eval_before)}")
         t_train = time.time()
         bar = _progress(cfg.steps, cfg.progress and not cfg.max_trajectories, initial=self.step)
-        last_eval = (log.eval_at(self.step) if resumed else None) or eval_before
+        last_eval = self.parallel.broadcast(log.eval_at(self.step) if resumed else None) or eval_before
         while not self._budget_spent():
-            if cfg.max_wall_s and time.time() - t_train > cfg.max_wall_s:
+            if cfg.max_wall_s and self.parallel.sum([time.time() - t_train > cfg.max_wall_s])[0]:
                 log.print(f"stopping at step {self.step}: --max-wall-s {cfg.max_wall_s:g} reached")
                 break
             row = self.train_step()
@@ -175,6 +198,8 @@ class Trainer:
 
     def _finish(self, summary: dict) -> dict:
         self.log.write("summary.json", json.dumps(summary, indent=2))
+        if not self.parallel.is_main:
+            return summary
         try:
             plot_run(self.out)
         except Exception as exc:  # a plotting problem must not lose a finished run
@@ -183,18 +208,22 @@ class Trainer:
         return summary
 
     def _tasks_for_step(self, step: int) -> list[int]:
+        """This rank's tasks: its share of the list drawn from ``(seed, step)`` (so one process with
+        N x ``tasks_per_step`` tasks draws the same tasks as N ranks together)."""
         rng = np.random.default_rng([self.config.seed, step])
         high = self._num_train_tasks or 2**31
-        return [int(i) for i in rng.integers(high, size=self.config.tasks_per_step)]
+        n, rank = self.config.tasks_per_step, self.parallel.rank
+        return [int(i) for i in rng.integers(high, size=n * self.parallel.world_size)[rank * n : (rank + 1) * n]]
 
     def train_step(self) -> dict:
         step = self.step + 1
         t0 = time.time()
-        batch = self.collect_batch(step)
+        batch = self.parallel.run(lambda: self.collect_batch(step))
         t_collect = time.time() - t0
         new = batch.trajectories
-        self.trajectories += len(new)
-        self.tokens += sum(t.num_tokens for t in new)
+        trajectories, tokens = self.parallel.sum([len(new), sum(t.num_tokens for t in new)])
+        self.trajectories += int(trajectories)
+        self.tokens += int(tokens)
         self.policy.model.train()
         t1 = time.time()
         loss_value, metrics, skipped = self._update(batch)
@@ -213,7 +242,7 @@ class Trainer:
     def collect_batch(self, step: int) -> Batch:
         """The step's tasks, collected as the algorithm's plan says (seeded by step: a rerun collects alike)."""
         cfg = self.config
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        torch.manual_seed(cfg.seed * 1_000_003 + step + 7_919 * self.parallel.rank)
         tasks = self._tasks_for_step(step)
         self.policy.model.eval()
         groups = [TaskGroup(index=i) for i in tasks]
@@ -232,33 +261,41 @@ class Trainer:
         return Batch(groups=groups, temperature=cfg.temperature, step=step)
 
     def _update(self, batch: Batch) -> tuple[float | None, dict, bool]:
-        """One optimizer step over the batch (split into ``grad_accum`` micro-batches)."""
-        cfg = self.config
+        """One optimizer step over the batch (split into ``grad_accum`` micro-batches; with several
+        processes, every rank's micro-batches count as the step's, and their gradients are averaged)."""
+        cfg, par = self.config, self.parallel
         self.optimizer.zero_grad(set_to_none=True)
         n = max(1, min(cfg.grad_accum, len(batch.groups)))
         parts = [Batch(groups=batch.groups[i::n], temperature=batch.temperature, step=batch.step) for i in range(n)]
-        total, values, used = 0.0, {}, 0
-        combine = self.algorithm.combine_metrics
-        for part in parts:
-            loss, m = self.algorithm.loss(part, self.policy)
-            for k, v in m.items():
-                values.setdefault(k, []).append(v)
-            if loss is None:
-                continue
-            if not torch.isfinite(loss):
-                return self._skip(combine(values) | {"nan_loss": 1})
-            (loss / len(parts)).backward()
-            total += loss.item() / len(parts)
-            used += 1
+        total, used, bad, metrics = 0.0, 0, 0, []
+        for j, part in enumerate(parts):
+            to_backward, loss, m = par.loss(lambda: self.algorithm.loss(part, self.policy), sync=j == n - 1)
+            metrics.append(m)
+            if loss is not None and not torch.isfinite(loss):
+                bad += 1
+                if not par.distributed:
+                    break  # one process: nothing else to wait for
+            elif loss is not None:
+                used += 1
+                total += loss.item() / n
+            if to_backward is not None and (par.distributed or (loss is not None and torch.isfinite(loss))):
+                (to_backward / n).backward()
+        used, bad, total = par.sum([used, bad, total])
+        combined = self.algorithm.combine_metrics([m for rank in par.gather(metrics) for m in rank])
+        if bad:
+            return self._skip(combined | {"nan_loss": 1})
         if not used:
-            return self._skip(combine(values))
+            return self._skip(combined)
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if not torch.isfinite(grad_norm):
-            return self._skip(combine(values) | {"nan_grad": 1})
+        grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        if not math.isfinite(grad_norm):
+            return self._skip(combined | {"nan_grad": 1})
         self.optimizer.step()
         self.scheduler.step()
-        return total, combine(values) | {"grad_norm": grad_norm.item()}, False
+        weights_changed = getattr(self.collector.engine, "weights_changed", None)
+        if weights_changed is not None:  # a sharded model's gathered weights keep their tensor versions
+            weights_changed()
+        return total / par.world_size, combined | {"grad_norm": grad_norm}, False
 
     def _skip(self, metrics: dict) -> tuple[None, dict, bool]:
         """A step with nothing to learn from, or a non-finite loss or gradient: no update, counted."""
@@ -271,30 +308,38 @@ class Trainer:
     def evaluate(self) -> dict:
         """The held-out evaluation row (see :mod:`~pbsd_agents.evaluation`) at the current step."""
         self.policy.model.eval()
-        row, _ = self.evaluation.run(self.collector, step=self.step, trajectories=self.trajectories)
+        row, _ = self.evaluation.run(self.collector, step=self.step, trajectories=self.trajectories, parallel=self.parallel)
         return row
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes the checkpoint; a sharded run gathers its weights and optimizer state first
+        (so the folder is the same as one process's, and resumes with any number of processes)."""
         cfg = self.config
-        state = {"step": self.step, "trajectories": self.trajectories, "tokens": self.tokens, "skipped": self.skipped,
-                 "base_model": cfg.model, "lora_r": cfg.lora_r, "algo": cfg.algo, "env": cfg.env}
-        return checkpoint.save(self.out / "checkpoints", self.step, self.policy, self.optimizer, self.scheduler, state,
-                               keep_last=cfg.keep_last)
+        model_state = self.parallel.full_model_state(self.policy.model)
+        optimizer_state = self.parallel.full_optimizer_state(self.optimizer)
+        path = self.out / "checkpoints" / f"step_{self.step:06d}"
+        if self.parallel.is_main:
+            state = {"step": self.step, "trajectories": self.trajectories, "tokens": self.tokens, "skipped": self.skipped,
+                     "base_model": cfg.model, "lora_r": cfg.lora_r, "algo": cfg.algo, "env": cfg.env}
+            path = checkpoint.save(self.out / "checkpoints", self.step, self.policy, self.optimizer, self.scheduler, state,
+                                   keep_last=cfg.keep_last, model_state=model_state, optimizer_state=optimizer_state)
+        return path
 
-    def _restore(self) -> bool:
-        """Resume from the newest checkpoint that is valid and loads; newer ones are skipped, with the reason."""
-        for ckpt in checkpoint.candidates(self.out / "checkpoints", on_skip=self.log.print):
-            try:
-                state = checkpoint.restore(ckpt, self.policy, self.optimizer, self.scheduler)
-            except ValueError as exc:
-                self.log.print(f"skipping checkpoint {ckpt.name}: {exc}")
-                continue
-            self.step, self.trajectories = state["step"], state["trajectories"]
-            self.tokens, self.skipped = state["tokens"], state["skipped"]
-            self.log.rewind(self.step)
-            self.log.print(f"resumed from {ckpt} (step {self.step})")
-            return True
-        return False
+    def _load_checkpoint(self) -> tuple[Path, dict] | None:
+        """Load the newest checkpoint that is valid and loads (newer ones are skipped, with the reason):
+        its weights into the policy, the rest returned. Rank 0 chooses it; every rank loads it."""
+        chosen = None
+        if self.parallel.is_main:
+            for ckpt in checkpoint.candidates(self.out / "checkpoints", on_skip=self.log.print):
+                try:
+                    chosen = (ckpt, checkpoint.load(ckpt, self.policy))
+                    break
+                except ValueError as exc:
+                    self.log.print(f"skipping checkpoint {ckpt.name}: {exc}")
+        path = self.parallel.broadcast(str(chosen[0]) if chosen else None)
+        if path is not None and chosen is None:
+            chosen = (Path(path), checkpoint.load(Path(path), self.policy))
+        return chosen
 
 
 def _fmt_eval(e: dict) -> str:

@@ -59,13 +59,15 @@ class Algorithm:
     successful teacher sample); the trainer skips and counts such steps.
 
     Subclasses declare how the trainer treats their metrics: ``summed_metrics`` are counts, summed
-    over a step's micro-batches (every other number is averaged); ``progress_metrics`` show in the
-    progress bar beside the loss; ``printed_metrics`` maps a (text) metric to the label it is printed
-    under whenever a step reports it.
+    over a step's micro-batches (and processes); ``metric_weights`` maps an averaged metric to the
+    count that weights it (a mean over pairs is weighted by each micro-batch's pairs); every other
+    number is a plain mean; ``progress_metrics`` show in the progress bar beside the loss;
+    ``printed_metrics`` maps a (text) metric to the label it is printed under whenever a step reports it.
     """
 
     name = "base"
     summed_metrics: tuple[str, ...] = ()
+    metric_weights: dict[str, str] = {}
     progress_metrics: tuple[str, ...] = ()
     printed_metrics: dict[str, str] = {}
 
@@ -83,20 +85,27 @@ class Algorithm:
         """Hook called after each optimizer step (e.g. PBSD's teacher refresh)."""
 
     @classmethod
-    def combine_metrics(cls, parts: dict[str, list]) -> dict:
-        """One step's metrics from each micro-batch's values: summed, averaged, or (text) the first.
+    def combine_metrics(cls, parts: list[dict]) -> dict:
+        """One step's metrics from each micro-batch's (on every process): summed, averaged (weighted
+        where ``metric_weights`` says), or (text) the first.
 
         Example:
             >>> class Counting(Algorithm):
             ...     summed_metrics = ("num_pairs",)
-            >>> Counting.combine_metrics({"num_pairs": [2, 3], "margin": [1.0, 2.0], "gap_tokens": ["'a'(+1.00)"]})
-            {'num_pairs': 5, 'margin': 1.5, 'gap_tokens': "'a'(+1.00)"}
+            ...     metric_weights = {"margin": "num_pairs"}
+            >>> Counting.combine_metrics([{"num_pairs": 1, "margin": 1.0, "gap_tokens": "'a'(+1.00)"},
+            ...                           {"num_pairs": 3, "margin": 2.0, "reward": 0.5}, {"num_pairs": 0, "reward": 1.0}])
+            {'num_pairs': 4, 'margin': 1.75, 'gap_tokens': "'a'(+1.00)", 'reward': 0.75}
         """
         out = {}
-        for k, vs in parts.items():
-            nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            if nums and len(nums) == len(vs):
-                out[k] = sum(nums) if k in cls.summed_metrics else sum(nums) / len(nums)
-            elif vs:
+        for k in dict.fromkeys(k for m in parts for k in m):
+            have = [m for m in parts if k in m]
+            vs = [m[k] for m in have]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs):
                 out[k] = vs[0]
+            elif k in cls.summed_metrics:
+                out[k] = sum(vs)
+            else:
+                w = [m.get(cls.metric_weights[k], 0) for m in have] if k in cls.metric_weights else [1] * len(vs)
+                out[k] = sum(a * b for a, b in zip(w, vs)) / sum(w) if sum(w) > 0 else sum(vs) / len(vs)
         return out

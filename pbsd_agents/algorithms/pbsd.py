@@ -98,6 +98,7 @@ def pbsd_loss(
 class PBSD(Algorithm):
     name = "pbsd"
     summed_metrics = ("num_pairs", "identical_pairs")
+    metric_weights = {k: "num_pairs" for k in ("margin", "h_pos", "h_neg", "pair_accuracy", "logp_pos", "logp_neg", "nll_pos")}
     progress_metrics = ("margin", "student_reward")
     printed_metrics = {"gap_tokens": "largest per-token gaps in a pair"}
 

@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from ..trainer import Trainer
 
     quiet_transformers()
-    summary = Trainer(build_config(args)).train()
+    trainer = Trainer(build_config(args))
+    summary = trainer.train()
+    if not trainer.parallel.is_main:  # one line per run, not per process
+        return 0
     before, after = summary["eval_before"]["success"], summary["eval_after"]["success"]
     print(f"held-out greedy success: {before:.3f} -> {after:.3f} ({summary['wall_s']:.0f} s)")
     return 0

@@ -7,7 +7,10 @@ whose env reported a ``category`` at reset are also broken down per category. Ea
 dict, the row written to ``eval.jsonl``::
 
     step, trajectories, success, success_ci, success_t1, success_t1_ci, pass_at_k, pass_at_k_ci, k,
-    mean_action_tokens, parse_error_rate, num_tasks[, per_category: {category: the same keys}]
+    mean_action_tokens, parse_error_rate, num_tasks, greedy_outcomes[, per_category: {category: the same keys}]
+
+``greedy_outcomes`` is a string with one character per task, in task order: ``1`` where the greedy
+decode succeeded, else ``0`` (a string, so trackers skip it; studies bootstrap and pair over tasks with it).
 
 Sampling is seeded from ``seed`` (and the caller's RNG state restored after), so the same weights
 give the same eval samples. In a multi-process run each rank evaluates every N-th task and the
@@ -179,7 +182,9 @@ class Evaluation:
             k = self.pass_k
             sampled = [t for i in range(self.num_tasks) for t in shares[i % world][1][(i // world) * k : (i // world + 1) * k]]
         groups = [sampled[i : i + self.pass_k] for i in range(0, len(sampled), self.pass_k)] if sampled else []
-        return {"step": step, "trajectories": trajectories, **summarize(greedy, groups, self.pass_k)}, greedy
+        row = {"step": step, "trajectories": trajectories, **summarize(greedy, groups, self.pass_k)}
+        row["greedy_outcomes"] = "".join("1" if t.success else "0" for t in greedy)
+        return row, greedy
 
     def _collect(self, collector, tasks: list[int], temperature: float) -> list:
         if not tasks:

@@ -1,16 +1,30 @@
-"""PBSD against OPSD, GRPO and SFT baselines at an equal budget of sampled trajectories.
+"""PBSD and its push-down variants against OPSD, GRPO and SFT baselines at an equal budget of sampled trajectories.
 
     python scripts/compare_methods.py --quick                  # a few minutes: one env, one seed, tiny budget
-    python scripts/compare_methods.py                          # the full study (resumes where it stopped)
-    python scripts/compare_methods.py --jobs 16                # the same, 16 runs at a time (1 thread each)
+    python scripts/compare_methods.py --tune --jobs 16         # 1. pick lr (and β) per method on validation tasks
+    python scripts/compare_methods.py --jobs 16                # 2. the study with the picked settings (resumes)
 
 From the same initial model (default: the embedded one), every method trains on each environment
 with each seed until it has sampled ``--budget`` trajectories (teacher samples count) or hit the
-per-run wall-clock cap, evaluating held-out greedy success along the way. Each run's result is saved
-as it finishes (``<runs-dir>/results/<env>__<method>__s<seed>.json``, see :mod:`pbsd_agents.grid`),
+per-run wall-clock cap, evaluating held-out greedy success on ``--eval-tasks`` test tasks (all 200 of
+a procedural env by default) along the way. Each run's result is saved as it finishes
+(``<runs-dir>/results/<env>__<method>__lr<lr>[__b<β>]__s<seed>.json``, see :mod:`pbsd_agents.grid`),
 so an interrupted study resumes where it stopped. Then ``docs/RESULTS.md`` is written: per
-environment, mean ± std of final and peak success, final/peak (stability), sampled tokens to reach
-a success level (token efficiency), wall time, and a PNG of the curves.
+environment, final greedy success with a 95% interval (bootstrap over test tasks and seeds), its
+paired difference against the best baseline (same tasks, same seeds), peak, final/peak (stability),
+sampled tokens to reach a success level (token efficiency), wall time, the hyper-parameters used, and
+a PNG of the curves.
+
+Tuning (``--tune``): each method trains at every setting of a small grid (``--tune-lrs``, and
+``--tune-pbsd-betas`` / ``--tune-opsd-betas`` for the methods that have a β) for ``--tune-budget``
+trajectories on ``--tune-seeds``, and is scored on ``--val-tasks`` *train-split* tasks (indices
+0..N−1; the trainer draws its tasks uniformly from 2^31 train indices, so these are effectively never
+trained on; the test split is never used). One rule for every method: the highest mean final
+validation greedy success over the tuning seeds, ties broken by the mean validation success at
+temperature 1, then by the lower learning rate, then the lower β. The picks go to
+``<runs-dir>/tuned.json``, which the study then reads (without it, every method runs at ``--lr`` and
+its default β). ``--model`` sets the start (e.g. a warm-started checkpoint folder); give each start
+its own ``--runs-dir``.
 """
 
 from __future__ import annotations
@@ -33,18 +47,28 @@ METHODS = {
     "GRPO": ("grpo", {"group_size": 4}, 4),
     "RFT": ("sft", {"only_successful": True, "teacher_temperature": 1.0}, 1),
     "SeqKD": ("sft", {"only_successful": False, "teacher_temperature": 0.0}, 1),
+    # The push-down variants (pbsd_agents/algorithms/pbsd.py): y- pushed down by 1 − its reward; and three
+    # y- per y+ with the score-function term centred on the group (as many samples per task as GRPO).
+    "PBSD-failed": ("pbsd", {"push_down": "failed"}, 2),
+    "PBSD-group": ("pbsd", {"push_down": "group_baseline", "group_size": 3}, 4),
 }
+VARIANTS = ("PBSD-failed", "PBSD-group")
+BASELINES = ("OPSD", "GRPO", "RFT", "SeqKD")  # "best baseline": the one of these with the highest mean final success
 KEEP = "<!-- everything below this line is kept when compare_methods.py rewrites the tables -->"
 ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
 
 
-def run_name(env: str, method: str, seed: int) -> str:
-    """A run's folder under --runs-dir, and its result file's stem under results/."""
-    return f"{env.split('/')[-1]}__{method.replace('+', 'plus')}__s{seed}"
+def run_name(env: str, method: str, seed: int, lr: float | None = None, beta: float | None = None) -> str:
+    """A run's folder under --runs-dir, and its result file's stem under results/ (the settings in it, so a
+    result is reused only for the same learning rate and β)."""
+    name = f"{env.split('/')[-1]}__{method.replace('+', 'plus')}"
+    name += f"__lr{lr:g}" if lr is not None else ""
+    name += f"__b{beta:g}" if beta is not None else ""
+    return f"{name}__s{seed}"
 
 
 def run_one(run: dict) -> dict:
-    """One run of the grid: train, then its evaluation curve (with sampled tokens) from the run folder."""
+    """One run of the grid: train, then its evaluation curve (with sampled tokens and per-task outcomes)."""
     from transformers.utils import logging
 
     from pbsd_agents.grid import train
@@ -56,28 +80,137 @@ def run_one(run: dict) -> dict:
     metrics, evals = read_jsonl(out / "metrics.jsonl"), read_jsonl(out / "eval.jsonl")
     tokens_at = {0: 0, **{m["step"]: m["tokens"] for m in metrics}}
     curve = [{"step": e["step"], "trajectories": e["trajectories"], "tokens": tokens_at.get(e["step"], 0),
-              "success": e["success"], "success_t1": e.get("success_t1")} for e in evals]
+              "success": e["success"], "success_t1": e.get("success_t1"), "outcomes": e.get("greedy_outcomes")}
+             for e in evals]
     return {"env": run["config"]["env"], "method": run["method"], "seed": run["config"]["seed"], "curve": curve,
+            "lr": run["config"]["lr"], "beta": run["config"]["algo_args"].get("beta"),
             "wall_s": round(wall_s, 1), "steps": metrics[-1]["step"] if metrics else 0,
             "skipped": metrics[-1].get("skipped_total", 0) if metrics else 0}
 
 
-def grid(args) -> dict[str, dict]:
-    """``run_name -> {"method", "config"}`` for every (env, method, seed) asked for."""
+def run_config(args, env: str, method: str, seed: int, lr: float, beta: float | None, budget: int, out: Path,
+               **extra) -> dict:
+    algo, algo_args, per_task = METHODS[method]
+    return dict(
+        algo=algo, algo_args={**algo_args, **({"beta": beta} if beta is not None else {})}, env=env, model=args.model,
+        max_trajectories=budget, steps=10**9, tasks_per_step=args.tasks_per_step, lr=lr, pass_k=1, save_every=0,
+        keep_last=1, seed=seed, eval_tasks=args.eval_tasks, out=str(out), max_wall_s=args.max_wall_s,
+        max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device,
+        eval_every=max(1, round(args.eval_every / (per_task * args.tasks_per_step))), **extra)  # eval_every in steps
+
+
+def grid(args, tuned: dict | None = None) -> dict[str, dict]:
+    """``run_name -> {"method", "config"}`` for every (env, method, seed) asked for, at the tuned settings if any."""
     runs = {}
     for env, method, seed in itertools.product(args.envs, args.methods, args.seeds):
-        algo, algo_args, per_task = METHODS[method]
-        name = run_name(env, method, seed)
-        runs[name] = {"method": method, "config": dict(
-            algo=algo, algo_args=algo_args, env=env, model=args.model, max_trajectories=args.budget, steps=10**9,
-            tasks_per_step=args.tasks_per_step, lr=args.lr, pass_k=1, save_every=0, keep_last=1, seed=seed,
-            eval_every=max(1, round(args.eval_every / (per_task * args.tasks_per_step))),  # in steps
-            eval_tasks=args.eval_tasks, out=str(args.runs_dir / name), max_wall_s=args.max_wall_s,
-            max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device)}
+        pick = (tuned or {}).get(env, {}).get(method, {})
+        lr, beta = pick.get("lr", args.lr), pick.get("beta")
+        name = run_name(env, method, seed, lr, beta)
+        runs[name] = {"method": method,
+                      "config": run_config(args, env, method, seed, lr, beta, args.budget, args.runs_dir / name)}
     return runs
 
 
-def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) -> None:
+def betas_of(args, method: str) -> list[float | None]:
+    """The β grid of a method: PBSD's preference temperature, OPSD's divergence mixture; None where there is no β."""
+    algo = METHODS[method][0]
+    return list(args.tune_pbsd_betas) if algo == "pbsd" else list(args.tune_opsd_betas) if algo == "opsd" else [None]
+
+
+def tune_grid(args) -> dict[str, dict]:
+    """Every (env, method, lr, β, seed) of the tuning grid: a smaller budget, evaluated once at the end on
+    ``--val-tasks`` train-split tasks (``split=train`` for evaluation; never the test split)."""
+    runs = {}
+    for env, method, seed in itertools.product(args.envs, args.methods, args.tune_seeds):
+        for lr, beta in itertools.product(args.tune_lrs, betas_of(args, method)):
+            name = run_name(env, method, seed, lr, beta)
+            config = run_config(args, env, method, seed, lr, beta, args.tune_budget, args.runs_dir / "tune" / name,
+                                eval_env_kwargs={"split": "train"})
+            config.update(eval_tasks=args.val_tasks, eval_every=0)  # before and after only
+            runs[name] = {"method": method, "config": config}
+    return runs
+
+
+def select(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """``{env: {method: pick}}``: the same rule for every method (see the module docstring).
+
+    Example:
+        >>> r = lambda lr, s, t1: {"env": "e", "method": "m", "lr": lr, "beta": None, "seed": 0,
+        ...                        "curve": [{"success": 0.0, "success_t1": 0.0}, {"success": s, "success_t1": t1}]}
+        >>> select([r(1e-3, 0.2, 0.1), r(1e-4, 0.2, 0.1), r(3e-4, 0.1, 0.3)])["e"]["m"]["lr"]
+        0.0001
+    """
+    scores: dict = {}
+    for r in results:
+        key = (r["env"], r["method"], r["lr"], r["beta"])
+        scores.setdefault(key, []).append((r["curve"][-1]["success"], r["curve"][-1].get("success_t1") or 0.0))
+    picks: dict = {}
+    for (env, method, lr, beta), vals in scores.items():
+        rank = (statistics.mean(v[0] for v in vals), statistics.mean(v[1] for v in vals), -lr,
+                -(beta if beta is not None else 0.0))
+        best = picks.setdefault(env, {}).get(method)
+        if best is None or rank > best["_rank"]:
+            picks[env][method] = {"lr": lr, "beta": beta, "val_success": round(rank[0], 4),
+                                  "val_success_t1": round(rank[1], 4), "seeds": len(vals), "_rank": rank}
+    for env in picks:
+        for pick in picks[env].values():
+            del pick["_rank"]
+    return picks
+
+
+def outcome_matrix(rows: list[dict]) -> "np.ndarray | None":
+    """seeds × tasks of final greedy outcomes (0/1), seeds in order; None when a run lacks them (older results)."""
+    import numpy as np
+
+    outs = [r["curve"][-1].get("outcomes") for r in sorted(rows, key=lambda r: r["seed"])]
+    if not outs or any(not o for o in outs) or len({len(o) for o in outs}) != 1:
+        return None
+    return np.array([[c == "1" for c in o] for o in outs], dtype=float)
+
+
+def bootstrap_interval(x, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a seeds × tasks matrix and its percentile interval, resampling tasks and seeds (both with replacement).
+
+    Each resample draws tasks and seeds independently and averages the chosen cells, so both sources of
+    variation (which test tasks, which training seeds) widen the interval. For a paired difference, pass
+    the difference of two methods' matrices on the same tasks and seeds: each resample then keeps the pairs.
+
+    Example:
+        >>> bootstrap_interval([[1, 1, 1, 1], [1, 1, 1, 1]])
+        (1.0, 1.0, 1.0)
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    s = rng.integers(x.shape[0], size=(n_boot, x.shape[0]))
+    t = rng.integers(x.shape[1], size=(n_boot, x.shape[1]))
+    means = x[s[:, :, None], t[:, None, :]].mean(axis=(1, 2))
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def paired_difference(a, b, **kw) -> tuple[float, float, float]:
+    """``a − b`` (seeds × tasks, the same tasks and seeds in the same order): mean and bootstrap interval."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference needs the same seeds and tasks, got {a.shape} and {b.shape}")
+    return bootstrap_interval(a - b, **kw)
+
+
+def _ci(m: tuple[float, float, float], signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(m[0])} [{f.format(m[1])}, {f.format(m[2])}]"
+
+
+def _same_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
+    seeds = {r["seed"] for r in a} & {r["seed"] for r in b}
+    return [r for r in a if r["seed"] in seeds], [r for r in b if r["seed"] in seeds]
+
+
+def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tuned: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,32 +220,48 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
     lines = ["# PBSD vs baselines on the procedural environments", "",
              f"Written by `scripts/compare_methods.py`. This document's numbers come from: `{command}`.",
              "Raw results (every evaluation of every run): `compare_results.json` beside this file. "
-             "Full study: `python scripts/compare_methods.py` (6 methods × 3 envs × 3 seeds; resumes where it stopped; `--jobs N` runs N at a time).", "",
-             "Greedy held-out success of the student view. *final*: at the end of the budget; *peak*: best evaluation; "
-             "*final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) until greedy success first "
-             "reached L = initial success + 0.05, median over seeds that reached it (n/a: none did); *trajectories*: the fewest "
-             "sampled by any seed (below the budget only where the wall-clock cap stopped a run); mean ± std over seeds.", ""]
+             "Full study: `python scripts/compare_methods.py --tune`, then `python scripts/compare_methods.py` "
+             "(resumes where it stopped; `--jobs N` runs N at a time).", "",
+             "Greedy held-out success of the student view. *final*: at the end of the budget, mean over seeds and test "
+             "tasks with a 95% bootstrap interval (tasks and seeds resampled); *Δ best baseline*: the paired difference "
+             "against the baseline (OPSD, GRPO, RFT, SeqKD) with the highest final mean, on the same tasks and seeds; "
+             "*peak*: best evaluation; *final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) "
+             "until greedy success first reached L = initial success + 0.05, median over seeds that reached it (n/a: none "
+             "did); *trajectories*: the fewest sampled by any seed (below the budget only where the wall-clock cap stopped "
+             "a run); peak and final/peak mean ± std over seeds.", ""]
     envs = sorted({r["env"] for r in results}, key=lambda e: ENVS.index(e) if e in ENVS else 99)
     for env in envs:
         rows = [r for r in results if r["env"] == env]
         start = statistics.mean(r["curve"][0]["success"] for r in rows)
         level = start + 0.05
-        lines += [f"## {env}", "", f"Initial greedy success {start:.3f}; level L = {level:.3f}.", "",
-                  "| method | seeds | final | peak | final/peak | tokens to L | trajectories | wall s |", "|---|---|---|---|---|---|---|---|"]
+        by_method = {m: [r for r in rows if r["method"] == m] for m in METHODS if any(r["method"] == m for r in rows)}
+        finals = {m: statistics.mean(r["curve"][-1]["success"] for r in mr) for m, mr in by_method.items()}
+        best = max((m for m in BASELINES if m in by_method), key=lambda m: finals[m], default=None)
+        lines += [f"## {env}", "", f"Initial greedy success {start:.3f}; level L = {level:.3f}; "
+                  f"best baseline {best or 'n/a'}.", "",
+                  "| method | seeds | final [95% CI] | Δ best baseline [95% CI] | peak | final/peak | tokens to L | "
+                  "trajectories | wall s | lr | β |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for method in METHODS:
-            mr = [r for r in rows if r["method"] == method]
-            if not mr:
-                continue
-            finals = [r["curve"][-1]["success"] for r in mr]
+        for method, mr in by_method.items():
+            x = outcome_matrix(mr)
+            final = _ci(bootstrap_interval(x)) if x is not None else _ms([r["curve"][-1]["success"] for r in mr])
+            delta = "—" if method == best else "n/a"
+            if best is not None and method != best:
+                a, b = _same_seeds(mr, by_method[best])
+                xa, xb = outcome_matrix(a), outcome_matrix(b)
+                if xa is not None and xb is not None and xa.shape == xb.shape:
+                    delta = _ci(paired_difference(xa, xb), signed=True)
             peaks = [max(c["success"] for c in r["curve"]) for r in mr]
-            ratio = [f / p for f, p in zip(finals, peaks) if p > 0]
+            ratio = [r["curve"][-1]["success"] / p for r, p in zip(mr, peaks) if p > 0]
             reach = [next((c["tokens"] for c in r["curve"] if c["success"] >= level), None) for r in mr]
             reach = [x for x in reach if x is not None]
+            lr = sorted({r.get("lr") for r in mr if r.get("lr") is not None})
+            beta = sorted({r.get("beta") for r in mr if r.get("beta") is not None})
             lines.append(
-                f"| {method} | {len(mr)} | {_ms(finals)} | {_ms(peaks)} | {_ms(ratio) if ratio else 'n/a'} | "
+                f"| {method} | {len(mr)} | {final} | {delta} | {_ms(peaks)} | {_ms(ratio) if ratio else 'n/a'} | "
                 f"{int(statistics.median(reach)) if reach else 'n/a'} ({len(reach)}/{len(mr)}) | "
-                f"{min(r['curve'][-1]['trajectories'] for r in mr)} | {statistics.mean(r['wall_s'] for r in mr):.0f} |"
+                f"{min(r['curve'][-1]['trajectories'] for r in mr)} | {statistics.mean(r['wall_s'] for r in mr):.0f} | "
+                f"{', '.join(f'{v:g}' for v in lr) or 'n/a'} | {', '.join(f'{v:g}' for v in beta) or '—'} |"
             )
             xs = [c["trajectories"] for c in mr[0]["curve"]]
             n = min(len(r["curve"]) for r in mr)
@@ -127,6 +276,16 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str) ->
         fig.savefig(png, dpi=90)
         plt.close(fig)
         lines += ["", f"![{env}]({png.relative_to(out_md.parent) if png.is_relative_to(out_md.parent) else png})", ""]
+    if tuned:
+        lines += ["## Tuned hyper-parameters", "",
+                  "Picked on train-split validation tasks by `--tune` (see the script's docstring for the rule).", "",
+                  "| env | method | lr | β | validation greedy | validation T=1 | tuning seeds |", "|---|---|---|---|---|---|---|"]
+        for env in sorted(tuned, key=lambda e: ENVS.index(e) if e in ENVS else 99):
+            for method, pick in tuned[env].items():
+                beta = "—" if pick["beta"] is None else f"{pick['beta']:g}"
+                lines.append(f"| {env} | {method} | {pick['lr']:g} | {beta} | {pick['val_success']:.3f} | "
+                             f"{pick['val_success_t1']:.3f} | {pick['seeds']} |")
+        lines.append("")
     out_md.parent.mkdir(parents=True, exist_ok=True)
     old = out_md.read_text() if out_md.exists() else ""
     kept = old[old.index(KEEP):] if KEEP in old else KEEP + "\n"  # hand-written analysis, the investigation
@@ -139,20 +298,29 @@ def _ms(xs: list[float]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one env, one seed, a tiny budget: a few minutes")
-    p.add_argument("--model", default="default", help="initial model for every run")
+    p.add_argument("--quick", action="store_true",
+                   help="one env, one seed, a tiny budget, the six main methods unless --methods is given: a few minutes")
+    p.add_argument("--model", default="default", help="initial model for every run (a checkpoint folder for a warm start)")
     p.add_argument("--envs", nargs="+", default=list(ENVS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="default: all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budget", type=int, default=512, help="sampled trajectories per run (teacher samples count)")
-    p.add_argument("--max-wall-s", type=float, default=900,
+    p.add_argument("--budget", type=int, default=2048, help="sampled trajectories per run (teacher samples count)")
+    p.add_argument("--max-wall-s", type=float, default=3600,
                    help="wall-clock cap of one run's training, evaluations included (a safety net: the budget should bind)")
     p.add_argument("--tasks-per-step", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--eval-every", type=int, default=128, help="sampled trajectories between evaluations")
-    p.add_argument("--eval-tasks", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of a method that has no tuned one")
+    p.add_argument("--eval-every", type=int, default=256, help="sampled trajectories between evaluations")
+    p.add_argument("--eval-tasks", type=int, default=200, help="test tasks per evaluation (capped at the split: 200)")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--tune", action="store_true", help="run the tuning grid and write <runs-dir>/tuned.json, not the study")
+    p.add_argument("--tune-lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4, 1e-3])
+    p.add_argument("--tune-pbsd-betas", type=float, nargs="+", default=[0.03, 0.1, 0.3])
+    p.add_argument("--tune-opsd-betas", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                   help="OPSD's divergence: 0 forward KL, 0.5 JSD, 1 reverse KL")
+    p.add_argument("--tune-budget", type=int, default=512, help="sampled trajectories per tuning run")
+    p.add_argument("--tune-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--val-tasks", type=int, default=100, help="train-split validation tasks (indices 0..N-1)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
@@ -160,18 +328,35 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.methods is None:
+        args.methods = [m for m in METHODS if not (args.quick and m in VARIANTS)]
     if args.quick:
         args.envs, args.seeds, args.budget, args.eval_tasks = args.envs[:1], args.seeds[:1], 32, 8
         args.eval_every, args.max_wall_s, args.tasks_per_step = 16, 60, 4
+        args.tune_budget, args.val_tasks, args.tune_seeds = 16, 8, args.tune_seeds[:1]
     from pbsd_agents.grid import run_grid
 
     def describe(name: str, r: dict) -> str:
         return f"{r['env']} {r['method']} seed {r['seed']}: final greedy success {r['curve'][-1]['success']:.3f} ({r['wall_s']:.0f} s)"
 
-    done, failed = run_grid(grid(args), run_one, args.runs_dir / "results", jobs=args.jobs, describe=describe)
+    tuned_path = args.runs_dir / "tuned.json"
+    if args.tune:
+        done, failed = run_grid(tune_grid(args), run_one, args.runs_dir / "tune" / "results", jobs=args.jobs,
+                                describe=describe)
+        picks = select(list(done.values()))
+        old = json.loads(tuned_path.read_text()) if tuned_path.exists() else {}
+        for env, methods in picks.items():  # a call on some envs or methods keeps the others' picks
+            old.setdefault(env, {}).update(methods)
+        tuned_path.write_text(json.dumps(old, indent=1))
+        print(f"wrote {tuned_path}" + (f" ({len(failed)} tuning run(s) failed: run again to retry)" if failed else ""))
+        return 1 if failed else 0
+    tuned = json.loads(tuned_path.read_text()) if tuned_path.exists() else None
+    if tuned is None:
+        print(f"no {tuned_path}: every method runs at --lr {args.lr:g} and its default β (run --tune first to pick them)")
+    done, failed = run_grid(grid(args, tuned), run_one, args.runs_dir / "results", jobs=args.jobs, describe=describe)
     results = [done[name] for name in sorted(done, key=lambda name: f"{name}.json")]  # the result files' order
     command = "python scripts/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    summarise(results, args.out, args.out.parent, command.strip())
+    summarise(results, args.out, args.out.parent, command.strip(), tuned)
     (args.out.parent / "compare_results.json").write_text(json.dumps(results, indent=1))  # raw, beside the document
     print(f"wrote {args.out}")
     return 1 if failed else 0

@@ -67,6 +67,8 @@ def test_run_is_seeded_caps_tasks_and_restores_the_rng():
     assert torch.equal(torch.random.get_rng_state(), before)
     again, _ = ev.run(RecordingCollector(), step=5, trajectories=40)
     assert again == row and row["step"] == 5 and row["trajectories"] == 40 and len(greedy) == 8
+    assert row["greedy_outcomes"] == "".join("1" if t.success else "0" for t in greedy)  # per task, in order
+    assert row["greedy_outcomes"].count("1") == round(row["success"] * 8)
     (_, greedy_tasks, g), (_, sampled_tasks, s) = c.calls
     assert greedy_tasks == list(range(8)) and g["temperature"] == 0.0 and g["env_kwargs"] == {"split": "test"}
     assert sampled_tasks == [i for i in range(8) for _ in range(3)] and s["temperature"] == 0.7

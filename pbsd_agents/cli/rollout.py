@@ -1,4 +1,5 @@
-"""``pbsd-agents rollout``: collect trajectories with a model and write them as JSON lines."""
+"""``pbsd-agents rollout``: collect trajectories with a model and write them as JSON lines (or as a
+Hugging Face dataset: ``--format parquet|hf``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from ..config import ENGINES
 from .common import CLIError, add_threads_flag, load_model, probe_env
 
-HELP = "collect trajectories with a model and write them as JSON lines"
+HELP = "collect trajectories with a model and write them as JSON lines (or a parquet or Hugging Face dataset)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'default' (the embedded tiny model), a preset (see pbsd_agents.presets), a model folder, "
                    "a training checkpoint, or a Hugging Face hub id")
     p.add_argument("--n", type=int, default=16, help="number of trajectories")
-    p.add_argument("--out", required=True, metavar="FILE.jsonl", help="where to write the trajectories (JSON lines)")
+    p.add_argument("--out", required=True, metavar="PATH", help="where to write the trajectories: a file (jsonl, parquet) "
+                   "or a folder (hf)")
+    p.add_argument("--format", choices=("jsonl", "parquet", "hf"), default="jsonl",
+                   help="jsonl: the kit's trajectory lines; parquet: one file, hf: a datasets.save_to_disk folder "
+                   "(both with both views' input ids, action masks, rewards and messages; need the trl extra)")
     p.add_argument("--view", choices=("student", "teacher"), default="student",
                    help="generate from the student prompt, or from the teacher prompt with the teacher's weights")
     p.add_argument("--split", default=None, help="task split passed to the env (train/test/...; default: the env's)")
@@ -56,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--env-kwargs must be a JSON object")
     if args.split is not None:
         env_kwargs["split"] = args.split
+    if args.format != "jsonl":
+        if args.check:
+            raise CLIError("--check reads JSON lines: use it with --format jsonl")
+        from ..integrations import require
+
+        try:
+            require("datasets")
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
     num_tasks = probe_env(args.env, env_kwargs)
     n_tasks = args.n // args.repeat
     if num_tasks is not None and args.start + n_tasks > num_tasks:
@@ -70,11 +84,25 @@ def run(args: argparse.Namespace) -> int:
     collector = Collector.for_policy(policy, engine=args.engine, batch_size=args.batch_size, progress=not args.no_progress)
     tasks = [i for i in range(args.start, args.start + n_tasks) for _ in range(args.repeat)]
     t1 = time.time()
-    trajs = collector.collect(args.env, tasks, view=args.view, temperature=args.temperature, seed=args.seed,
-                              max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens,
-                              max_turns=args.max_turns, env_kwargs=env_kwargs)
+    pairs = collector.collect_with_conversations(
+        args.env, tasks, view=args.view, temperature=args.temperature, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, max_turns=args.max_turns, env_kwargs=env_kwargs)
+    trajs = [t for t, _ in pairs]
     t2 = time.time()
-    save_jsonl(trajs, args.out)
+    if args.format == "jsonl":
+        save_jsonl(trajs, args.out)
+    else:
+        from ..integrations.datasets import to_dataset
+
+        if args.no_progress:
+            import datasets
+
+            datasets.disable_progress_bars()
+        dataset = to_dataset(trajs, [c for _, c in pairs])
+        if args.format == "parquet":
+            dataset.to_parquet(args.out)
+        else:
+            dataset.save_to_disk(args.out)
     tokens = sum(t.num_action_tokens for t in trajs)
     n = len(trajs)
     print(f"wrote {n} {args.view} trajectories to {args.out}: success {sum(t.success for t in trajs) / n:.3f}, "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "default"
 ENGINES = ("hf", "hf-generate", "vllm")
-PARALLEL = ("ddp", "fsdp")  # pbsd_agents.parallel.MODES (that module imports torch when used)
+PARALLEL = ("auto", "ddp", "fsdp")  # pbsd_agents.parallel.MODES (that module imports torch when used)
 # What may differ from the run's config.yaml on --resume: the budget, the cadences, where and how it reports.
 RESUMABLE = ("steps", "max_trajectories", "max_wall_s", "eval_every", "save_every", "keep_last", "out", "resume",
              "parallel", "device", "threads", "report_to", "progress")
@@ -67,9 +67,10 @@ class TrainConfig:
     out: str = _opt("", "run folder (default runs/<algo>-<env>-<time>); an existing one needs --resume")
     resume: bool = _opt(False, "continue the run in --out from its newest valid checkpoint, with its config.yaml; "
                         f"only {', '.join(RESUMABLE[:-3])}, device, report_to and progress may differ from it")
-    parallel: str = _opt("ddp", "with several processes (torchrun, accelerate launch): ddp (each holds the whole "
-                         "policy, gradients averaged) or fsdp (weights, gradients, optimizer state and the frozen "
-                         "teacher sharded with FSDP2); ignored in one process. Checkpoints hold the full state, so a "
+    parallel: str = _opt("auto", "with several processes (torchrun, accelerate launch): ddp (each holds the whole "
+                         "policy, gradients averaged), fsdp (weights, gradients, optimizer state and the frozen "
+                         "teacher sharded with FSDP2), or auto (fsdp under an accelerate FSDP config, else ddp); "
+                         "ignored in one process. Checkpoints hold the full state, so a "
                          "run resumes with any number of processes and either mode (the same number reproduces the "
                          "same task stream)")
     seed: int = _opt(0, "random seed (tasks and sampling of every step derive from it)")

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 __all__ = ["MODES", "Parallel"]
 
-MODES = ("ddp", "fsdp")
+MODES = ("auto", "ddp", "fsdp")
 
 
 def _unit_class():
@@ -56,13 +56,16 @@ class Parallel:
     """The process group of a launched run, or one process when there is none.
 
     Args:
-        mode: ``"ddp"`` or ``"fsdp"`` (used only when the launcher started several processes).
+        mode: ``"ddp"`` or ``"fsdp"`` (used only when the launcher started several processes);
+            ``"auto"``: ``fsdp`` when ``accelerate launch`` runs an FSDP config, else ``ddp``.
         timeout_s: how long a collective waits for a rank before the run fails (a rank that died).
     """
 
     def __init__(self, mode: str = "ddp", *, timeout_s: float = 600.0):
         if mode not in MODES:
             raise ValueError(f"unknown parallel mode {mode!r}; valid choices: {', '.join(MODES)}")
+        if mode == "auto":
+            mode = "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else "ddp"
         self.mode = mode
         self.timeout_s = timeout_s
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -97,6 +97,9 @@ class Trainer:
         self.step = self.trajectories = self.tokens = self.skipped = 0
         saved = self._load_checkpoint() if restore else None  # weights first: sharding below splits them
         self.parallel.wrap(self.policy)
+        if self.parallel.distributed:
+            self.log.print(f"{self.parallel.world_size} processes, {self.parallel.mode}; {cfg.tasks_per_step} tasks per "
+                           f"process per step ({cfg.tasks_per_step * self.parallel.world_size} in all)")
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup_steps, 0)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pbsd_agents.cli import main as cli_main
 from pbsd_agents.trainer import TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -54,7 +55,7 @@ def test_two_ranks_match_one_process(tiny_model, tmp_path, mode, lora):
     Trainer(TrainConfig(model=tiny_model, out=str(one), tasks_per_step=8, lora_r=lora, **COMMON)).train()
     two = tmp_path / "two"
     proc = torchrun(flags({"model": tiny_model, "out": str(two), "tasks_per_step": 4, "parallel": mode,
-                           "lora_r": lora, **COMMON}))
+                           "lora_r": lora, **COMMON, "progress": True}))
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-3000:]
     a, b = read(one / "metrics.jsonl"), read(two / "metrics.jsonl")
@@ -70,6 +71,28 @@ def test_two_ranks_match_one_process(tiny_model, tmp_path, mode, lora):
     assert wa.keys() == wb.keys()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5  # float32, 3 AdamW steps at lr 1e-2
     assert read(two / "eval.jsonl")[-1]["num_tasks"] == 2  # the eval tasks were split and gathered
+    assert f"2 processes, {mode}" in log
+    if mode == "fsdp" and not lora:  # the full-state checkpoint resumes in one process
+        Trainer(TrainConfig(model=tiny_model, out=str(two), tasks_per_step=4, resume=True, **{**COMMON, "steps": 4})).train()
+        assert [m["step"] for m in read(two / "metrics.jsonl")] == [1, 2, 3, 4]
+    if lora:  # and exports to a plain transformers folder
+        from transformers import AutoModelForCausalLM
+
+        assert cli_main(["export", str(two / "checkpoints" / "step_000003"), "--out", str(tmp_path / "merged"), "--merge"]) == 0
+        assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").num_parameters() > 0
+
+
+def test_accelerate_launch_with_an_fsdp_config(tiny_model, tmp_path):
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\nuse_cpu: true\n"
+                      "main_process_ip: 127.0.0.1\nmain_process_port: 0\nmixed_precision: 'no'\nfsdp_config:\n  fsdp_version: 2\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "pbsd_agents.cli",
+           "train", *flags({"model": tiny_model, "out": str(out), **COMMON, "steps": 2, "tasks_per_step": 2, "progress": True})]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "2 processes, fsdp" in done.stdout + done.stderr  # --parallel auto follows the accelerate config
+    assert [m["trajectories"] for m in read(out / "metrics.jsonl")] == [4, 8]
 
 
 def _children(pid: int) -> list[int]:

@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["bench_envs", "bench_parsers", "bench_rollout", "bench_step", "build_default_model", "compare_methods", "investigate_pbsd",
-           "make_tiny_model", "probe_faults", "sweep_default", "template_drift", "trl_grpo"]
+           "make_tiny_model", "probe_faults", "sweep_default", "template_drift", "trl_grpo",
+           "bench_distributed"]
 
 
 def _run(*args):

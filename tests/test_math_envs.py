@@ -2,6 +2,7 @@
 
 import json
 import random
+import sys
 import warnings
 from fractions import Fraction
 
@@ -254,14 +255,10 @@ def test_gsm8k_bad_arguments(tmp_path, small_file):
         GSM8KEnv(data_path=bad)
 
 
-def test_gsm8k_hub_name_needs_datasets():
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match=r"^data_path 'openai/gsm8k' .*needs datasets \(pip install datasets\); pass data_path= "):
-            GSM8KEnv(data_path="openai/gsm8k")
-    else:
-        pytest.skip("datasets is installed; loading from the Hub needs the network")
+def test_gsm8k_hub_name_needs_datasets(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without it (import raises ImportError)
+    with pytest.raises(ValueError, match=r"^data_path 'openai/gsm8k' .*needs datasets \(pip install datasets\); pass data_path= "):
+        GSM8KEnv(data_path="openai/gsm8k")
 
 
 def test_annotation_rewriting():
@@ -424,11 +421,8 @@ def test_math_splits_and_errors(tmp_path):
         MATHEnv(data_path=MATH_FILE, use_calculator=1)
 
 
-def test_math_hub_name_needs_datasets():
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
+def test_math_hub_name_needs_datasets(monkeypatch):
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "datasets", None)  # as on a machine without it
         with pytest.raises(ValueError, match=r"^data_path 'HuggingFaceH4/MATH-500' .*needs datasets \(pip install datasets\)"):
             MATHEnv(data_path="HuggingFaceH4/MATH-500", hf_split="test")
-    else:
-        pytest.skip("datasets is installed; loading from the Hub needs the network")

@@ -3,7 +3,7 @@
     python scripts/bench_distributed.py               # writes its section of docs/BENCHMARKS.md
     python scripts/bench_distributed.py --quick       # a small model and 2 steps: checks the script runs
 
-One run, side by side on the same machine: the same PBSD job (ToolCall, full fine-tuning of a
+One run, side by side on the same machine: the same PBSD job (MathCalc, full fine-tuning of a
 randomly initialised 41 M-parameter Qwen2 with the byte tokenizer) as
 
 - 1 process with ``--threads 2`` and 2N tasks per step;
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 START, END = "<!-- bench_distributed:start -->", "<!-- bench_distributed:end -->"
 # hidden 512, 12 layers, MLP 1536: 40.9 M parameters (the byte tokenizer's 259-token embedding adds 0.1 M)
-FULL = dict(hidden=512, layers=12, heads=8, mlp=1536, steps=5, tasks=4, max_new_tokens=48, max_tokens=96)
+FULL = dict(hidden=512, layers=12, heads=8, mlp=1536, steps=4, tasks=2, max_new_tokens=32, max_tokens=64)
 QUICK = dict(hidden=32, layers=1, heads=2, mlp=64, steps=2, tasks=2, max_new_tokens=8, max_tokens=16)
 
 
@@ -80,7 +80,7 @@ def build_model(size: dict, folder: Path) -> int:
 
 def run_case(name: str, procs: int, threads: int, parallel: str, size: dict, model: Path, work: Path, device: str) -> dict:
     out = work / name
-    opts = dict(model=str(model), env="pbsd/ToolCall-v0", steps=size["steps"], tasks_per_step=size["tasks"] * 2 // procs,
+    opts = dict(model=str(model), env="pbsd/MathCalc-v0", steps=size["steps"], tasks_per_step=size["tasks"] * 2 // procs,
                 max_new_tokens=size["max_new_tokens"], max_tokens=size["max_tokens"], eval_every=0, eval_tasks=1,
                 pass_k=1, save_every=0, threads=threads, parallel=parallel, progress=False, out=str(out), device=device)
     entry = [str(Path(__file__).resolve()), "--_rank-worker", json.dumps(opts)]
@@ -120,7 +120,7 @@ def report(results: list[dict], params: int, size: dict, device: str, wall: floa
     lines = [START, "## Several processes: DDP and FSDP (`scripts/bench_distributed.py`)", "",
              f"One run on {machine()}, device {device}, {wall:.0f} s in all. PBSD, full fine-tuning of a random "
              f"{params / 1e6:.1f} M-parameter Qwen2 (hidden {size['hidden']}, {size['layers']} layers), "
-             f"pbsd/ToolCall-v0, {size['tasks'] * 2} tasks per step in all, {size['steps']} steps (step 1 not timed), "
+             f"pbsd/MathCalc-v0, {size['tasks'] * 2} tasks per step in all, {size['steps']} steps (step 1 not timed), "
              f"turns up to {size['max_new_tokens']} tokens. Throughput: trajectories per second of step time; "
              "trajectory tokens per second of update time. Memory: each rank's peak resident set (VmHWM), "
              "and that peak above the process's resident set before the trainer started (torch and the kit "

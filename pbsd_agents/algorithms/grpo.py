@@ -49,6 +49,8 @@ def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
 
 class GRPO(Algorithm):
     name = "grpo"
+    summed_metrics = ("action_tokens",)
+    metric_weights = {"clip_frac": "action_tokens", "ratio_mean": "action_tokens"}  # means over tokens
     progress_metrics = ("student_reward",)
 
     def plan(self) -> CollectPlan:
@@ -81,4 +83,5 @@ class GRPO(Algorithm):
         per_token = -torch.minimum(ratio * adv, clipped * adv)
         metrics["clip_frac"] = ((ratio - clipped).abs() > 0).float().mean().item()
         metrics["ratio_mean"] = ratio.mean().item()
+        metrics["action_tokens"] = ratio.numel()
         return per_token.mean(), metrics

@@ -73,6 +73,8 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 class OPSD(Algorithm):
     name = "opsd"
+    summed_metrics = ("action_tokens",)
+    metric_weights = {"divergence": "action_tokens", "clipped_frac": "action_tokens"}  # means over tokens
     progress_metrics = ("student_reward",)
 
     def plan(self) -> CollectPlan:
@@ -100,6 +102,7 @@ class OPSD(Algorithm):
             s_logits, t_logits = torch.gather(s_logits, 1, idx), torch.gather(t_logits, 1, idx)
         div = generalized_jsd(s_logits, t_logits, cfg.beta)
         metrics["divergence"] = div.mean().item()
+        metrics["action_tokens"] = div.numel()
         if cfg.clip:
             metrics["clipped_frac"] = (div > cfg.clip).float().mean().item()
             div = div.clamp(max=cfg.clip)

@@ -91,6 +91,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = self.trajectories = self.tokens = self.skipped = 0
         self.plan = self.algorithm.plan()
+        # Other envs than the run's are made with their defaults: --env-arg belongs to the run's env.
+        self._task_counts = {e: self._num_train_tasks if e == cfg.env else count_tasks(e)
+                             for e in self.plan.demo_envs or (cfg.env,)}
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -213,6 +216,8 @@ class Trainer:
     def collect_batch(self, step: int) -> Batch:
         """The step's tasks, collected as the algorithm's plan says (seeded by step: a rerun collects alike)."""
         cfg = self.config
+        if self.plan.demonstrations:
+            return self._demonstrations(step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         tasks = self._tasks_for_step(step)
         self.policy.model.eval()
@@ -229,6 +234,25 @@ class Trainer:
                                            max_tokens=cfg.max_tokens)
             for g, k in zip(groups, range(0, len(trajs), per_task)):
                 setattr(g, view, trajs[k : k + per_task])
+        return Batch(groups=groups, temperature=cfg.temperature, step=step)
+
+    def _demonstrations(self, step: int) -> Batch:
+        """The step's oracle demonstrations: task k from the plan's k-th env (in turn), shown in the teacher
+        view with probability ``teacher_view_fraction``. Tasks and views are seeded by step; with one env
+        the tasks are those of :meth:`_tasks_for_step`."""
+        cfg = self.config
+        envs = self.plan.demo_envs or (cfg.env,)
+        rng, view_rng = np.random.default_rng([cfg.seed, step]), np.random.default_rng([cfg.seed, step, 1])
+        picks = [(env, int(rng.integers(self._task_counts[env] or 2**31)))
+                 for env in (envs[k % len(envs)] for k in range(cfg.tasks_per_step))]
+        views = ["teacher" if view_rng.random() < self.plan.teacher_view_fraction else "student" for _ in picks]
+        groups = [TaskGroup(index=i) for _, i in picks]
+        for env in dict.fromkeys(envs):
+            mine = [k for k, (e, _) in enumerate(picks) if e == env]
+            demos = self.collector.demonstrations(env, [picks[k][1] for k in mine], views=[views[k] for k in mine],
+                                                  env_kwargs=cfg.env_kwargs if env == cfg.env else None)
+            for k, demo in zip(mine, demos):
+                getattr(groups[k], demo.source).append(demo)
         return Batch(groups=groups, temperature=cfg.temperature, step=step)
 
     def _update(self, batch: Batch) -> tuple[float | None, dict, bool]:

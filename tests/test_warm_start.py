@@ -230,3 +230,18 @@ def test_smollm2_warm_start_step_then_a_pbsd_step_from_its_checkpoint(tmp_path):
     Trainer(TrainConfig(model=str(merged), algo="pbsd", out=str(pbsd), **common)).train()
     (row,) = read(pbsd / "metrics.jsonl")
     assert row["step"] == 1 and row["trajectories"] >= 4 and "num_pairs" in row
+
+
+@pytest.mark.slow
+def test_the_default_models_build_script_runs_its_sft_through_the_kit(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_default_model.py"), "--out", str(out),
+                           "--tasks-per-env", "20", "--vocab-size", "400", "--hidden", "64", "--layers", "1",
+                           "--copy-steps", "2", "--steps", "3", "--batch", "4", "--eval-tasks", "2", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sft: 3 steps" in proc.stdout and (out / "config.json").exists() and not (tmp_path / "model.build").exists()
+    assert set(json.loads((out / "BUILD.json").read_text())["gap"]) == {"pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0"}

@@ -176,7 +176,10 @@ def test_several_envs_with_lora_through_the_cli(tiny_model, tmp_path):
     metrics = read(out / "metrics.jsonl")
     assert [(m["num_used"], m["trajectories"], m["demo_reward"]) for m in metrics] == [(3, 3, 1.0)]
     assert metrics[0]["loss"] > 0 and metrics[0]["grad_norm"] > 0
-    assert (out / "checkpoints" / "step_000001" / "adapter_config.json").exists()
+    ckpt = out / "checkpoints" / "step_000001"
+    assert (ckpt / "adapter_config.json").exists()
+    with pytest.raises(ValueError, match="is a LoRA adapter; merge it"):  # the next stage starts from a merged model
+        TrainConfig(model=str(ckpt)).validate()
 
 
 def test_bad_options_are_one_line_errors_naming_the_choices(tiny_model, tmp_path, capsys):

@@ -252,8 +252,8 @@ class Collector:
                        env_kwargs: dict | None = None) -> list[Trajectory]:
         """The oracle's episodes on ``tasks`` as trajectories, for offline SFT (no model runs).
 
-        Each episode plays the env's oracle turns against its real tools
-        (:func:`~pbsd_agents.episode.play_oracle`); its conversation is rendered with this collector's
+        Each episode plays the env's oracle turns against its real tools (as
+        :func:`~pbsd_agents.episode.play_oracle` does); its conversation is rendered with this collector's
         chat template in both views, turn by turn as :meth:`collect` builds a sampled one: action
         segments are the oracle's turns (``encode(text) + [eot]``, no log-probabilities), observation
         segments the template deltas of the real tool results. There is no token budget: a

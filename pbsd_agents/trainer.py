@@ -1,4 +1,4 @@
-"""The trainer: sample tasks → collect → loss → AdamW step → evaluate → log and checkpoint.
+"""The trainer: sample tasks → collect (or take demonstrations) → loss → AdamW step → evaluate → log and checkpoint.
 
 ``Trainer(TrainConfig(...)).train()`` is what ``pbsd-agents train`` runs. A run folder holds::
 

@@ -182,6 +182,23 @@ def test_several_envs_with_lora_through_the_cli(tiny_model, tmp_path):
         TrainConfig(model=str(ckpt)).validate()
 
 
+def test_the_teacher_view_of_a_lora_checkpoint_runs_its_own_weights(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    Trainer(config(tiny_model, out, env="pbsd/ToolCall-v0", steps=2, lora_r=4, lr=0.05, save_every=0,
+                   algo_args={"source": "oracle", "teacher_view_fraction": 1.0})).train()
+    ckpt = out / "checkpoints" / "step_000002"
+    assert cli_main(["export", str(ckpt), "--out", str(tmp_path / "merged"), "--merge"]) == 0
+    actions = {}
+    for name, model in (("checkpoint", ckpt), ("merged", tmp_path / "merged"), ("base", tiny_model)):
+        path = tmp_path / f"{name}.jsonl"
+        assert cli_main(["eval", "--model", str(model), "--env", "pbsd/ToolCall-v0", "--view", "teacher", "--n", "3",
+                         "--max-new-tokens", "16", "--max-tokens", "16", "--threads", "1", "--no-progress",
+                         "--out", str(path)]) == 0
+        actions[name] = [t["segments"][0]["ids"] for t in read(path)]
+    capsys.readouterr()
+    assert actions["checkpoint"] == actions["merged"] != actions["base"]
+
+
 def test_bad_options_are_one_line_errors_naming_the_choices(tiny_model, tmp_path, capsys):
     for arg, words in (("source=demos", ("teacher, oracle",)), ("teacher_view_fraction=2", ("[0, 1]",)),
                        ("envs=pbsd/Nope-v0", ("unknown env", "pbsd/ToolCall-v0"))):

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_MODEL = "default"
 ENGINES = ("hf", "hf-generate", "vllm")
@@ -104,6 +105,10 @@ class TrainConfig:
         if self.algo not in ALGORITHMS:
             raise ValueError(f"unknown algo {self.algo!r}; valid choices: {', '.join(ALGORITHMS)}")
         resolve_env_id(self.env)
+        if (Path(self.model).expanduser() / "adapter_config.json").is_file():
+            # a LoRA adapter on top of it would leave the teacher (adapters off) at the adapter's base model
+            raise ValueError(f"model {self.model!r} is a LoRA adapter; merge it into its base first "
+                             f"(pbsd-agents export {self.model} --out DIR --merge) and train from --model DIR")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid choices: {', '.join(ENGINES)}")
         if self.parallel not in PARALLEL:

@@ -205,6 +205,12 @@ def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_d
         where = "a local folder" if src.kind != "hub" else "no such local folder, and not a reachable hub id"
         raise FileNotFoundError(f"could not load model {str(model)!r} ({where}): {str(exc).splitlines()[0]}") from None
     src.prepare_tokenizer(tokenizer)
+    quantizer = getattr(lm, "hf_quantizer", None)
+    if src.gguf_file and quantizer is not None and not getattr(quantizer, "packed_modules", None):
+        # Every GGUF weight was unpacked to a plain tensor, but the quantizer left on the model makes
+        # save_pretrained refuse it (full fine-tuning checkpoints, merged LoRA exports): drop it.
+        lm.hf_quantizer = None
+        lm.config.__dict__.pop("quantization_config", None)
     lm.to(device)
     lm.eval()
     renderer = ChatRenderer(tokenizer, eot_token=src.eot_token)

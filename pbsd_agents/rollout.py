@@ -17,6 +17,9 @@ A trajectory's ``turns`` counts the assistant turns generated (an unfinished las
 from the teacher prompt (``env.teacher_messages``) with the teacher's weights. Both prompts are
 stored in every trajectory, which therefore has both views (see :class:`~pbsd_agents.trajectory.Trajectory`).
 
+:meth:`Collector.demonstrations` turns an env's oracle episodes into trajectories of the same form,
+with no model involved (offline SFT, ``--algo sft --algo-arg source=oracle``).
+
 Example:
     >>> from pbsd_agents.loading import build_tiny_model, byte_tokenizer
     >>> from pbsd_agents.models import Policy
@@ -34,7 +37,7 @@ import json
 import numbers
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from .engines import Engine, Generation, SamplingParams
 from .episode import VIEWS, Conversation, Episode
@@ -242,6 +245,55 @@ class Collector:
             if forget is not None:  # key/values kept for the next round are not needed after the last one
                 forget()
         return results  # type: ignore[return-value]
+
+    # ---- demonstrations -------------------------------------------------------------------------
+
+    def demonstrations(self, env, tasks: Iterable, *, views: str | Sequence[str] = "student",
+                       env_kwargs: dict | None = None) -> list[Trajectory]:
+        """The oracle's episodes on ``tasks`` as trajectories, for offline SFT (no model runs).
+
+        Each episode plays the env's oracle turns against its real tools (as
+        :func:`~pbsd_agents.episode.play_oracle` does); its conversation is rendered with this collector's
+        chat template in both views, turn by turn as :meth:`collect` builds a sampled one: action
+        segments are the oracle's turns (``encode(text) + [eot]``, no log-probabilities), observation
+        segments the template deltas of the real tool results. There is no token budget: a
+        demonstration is whole. ``views`` (one, or one per task) sets each trajectory's ``source``,
+        the view the demonstration is shown in. ``env``, ``tasks`` and ``env_kwargs`` are as in :meth:`collect`.
+        """
+        specs = [_task_spec(t) for t in tasks]
+        views = [views] * len(specs) if isinstance(views, str) else list(views)
+        if len(views) != len(specs) or any(v not in VIEWS for v in views):
+            raise ValueError(f"views must be 'student' or 'teacher', one per task ({len(specs)}), got {views!r}")
+        if not specs:
+            return []
+        (one,), env_id = self._envs(env, 1, env_kwargs)
+        out = []
+        for order, ((seed, options), view) in enumerate(zip(specs, views)):
+            episode = Episode(one, seed=seed, options=options)
+            if episode.privileged_in_student_view():  # before the oracle's turns, which may well repeat it
+                raise ValueError(f"{env_id}: task {episode.task_id!r} shows its privileged text in the student messages")
+            episode.play(one.unwrapped.oracle_actions())
+            out.append(self._demonstration(episode, env_id, order, view))
+        return out
+
+    def _demonstration(self, e: Episode, env_id: str, order: int, view: str) -> Trajectory:
+        conv, r = e.conversation, self.renderer
+        student, teacher = (r.conversation_segments(conv.messages(v), conv.tools, tool_format=conv.tool_format)
+                            for v in VIEWS)
+        segments = []
+        # Both views hold the same assistant turns, so their segments pair up one to one.
+        for (kind, s_ids), (_, t_ids) in zip(student[1:], teacher[1:]):
+            if kind == "action":
+                segments.append(Segment("action", s_ids, None, r.assistant_text(s_ids)[0]))
+            else:
+                segments.append(Segment("observation", s_ids, None, r.decode(s_ids),
+                                        teacher_ids=t_ids if t_ids != s_ids else None))
+        return Trajectory(
+            env_id=env_id, task_id=e.task_id or str(order), source=view, privileged=e.privileged,
+            student_prompt_ids=student[0][1], teacher_prompt_ids=teacher[0][1], segments=segments, reward=e.reward,
+            success=e.success, turns=e.turns, truncated=e.truncated, num_parse_errors=e.parse_errors, index=e.index,
+            task_info=e.task_info, turn_privileged=list(e.turn_privileged), outcome=e.outcome,
+        )
 
     def _start(self, env, env_id: str, order: int, spec, view: str) -> _Rollout:
         seed, options = spec

@@ -1,4 +1,4 @@
-"""The trainer: sample tasks → collect → loss → AdamW step → evaluate → log and checkpoint.
+"""The trainer: sample tasks → collect (or take demonstrations) → loss → AdamW step → evaluate → log and checkpoint.
 
 ``Trainer(TrainConfig(...)).train()`` is what ``pbsd-agents train`` runs. A run folder holds::
 
@@ -105,6 +105,9 @@ class Trainer:
         warm = max(cfg.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.plan = self.algorithm.plan()
+        # Other envs than the run's are made with their defaults: --env-arg belongs to the run's env.
+        self._task_counts = {e: self._num_train_tasks if e == cfg.env else count_tasks(e)
+                             for e in self.plan.demo_envs or (cfg.env,)}
         if saved is None:
             return False
         ckpt, training = saved
@@ -245,6 +248,8 @@ class Trainer:
     def collect_batch(self, step: int) -> Batch:
         """The step's tasks, collected as the algorithm's plan says (seeded by step: a rerun collects alike)."""
         cfg = self.config
+        if self.plan.demonstrations:
+            return self._demonstrations(step)
         torch.manual_seed(cfg.seed * 1_000_003 + step + 7_919 * self.parallel.rank)
         tasks = self._tasks_for_step(step)
         self.policy.model.eval()
@@ -261,6 +266,28 @@ class Trainer:
                                            max_tokens=cfg.max_tokens)
             for g, k in zip(groups, range(0, len(trajs), per_task)):
                 setattr(g, view, trajs[k : k + per_task])
+        return Batch(groups=groups, temperature=cfg.temperature, step=step)
+
+    def _demonstrations(self, step: int) -> Batch:
+        """The step's oracle demonstrations: task k from the plan's k-th env (in turn), shown in the teacher
+        view with probability ``teacher_view_fraction``. Tasks and views are seeded by step; with one env
+        the tasks are those of :meth:`_tasks_for_step`."""
+        cfg = self.config
+        envs = self.plan.demo_envs or (cfg.env,)
+        rng, view_rng = np.random.default_rng([cfg.seed, step]), np.random.default_rng([cfg.seed, step, 1])
+        n, world = cfg.tasks_per_step, self.parallel.world_size
+        picks = [(env, int(rng.integers(self._task_counts[env] or 2**31)))
+                 for env in (envs[k % len(envs)] for k in range(n * world))]
+        views = ["teacher" if view_rng.random() < self.plan.teacher_view_fraction else "student" for _ in picks]
+        mine = slice(self.parallel.rank * n, (self.parallel.rank + 1) * n)  # this rank's share, as for sampled tasks
+        picks, views = picks[mine], views[mine]
+        groups = [TaskGroup(index=i) for _, i in picks]
+        for env in dict.fromkeys(envs):
+            mine = [k for k, (e, _) in enumerate(picks) if e == env]
+            demos = self.collector.demonstrations(env, [picks[k][1] for k in mine], views=[views[k] for k in mine],
+                                                  env_kwargs=cfg.env_kwargs if env == cfg.env else None)
+            for k, demo in zip(mine, demos):
+                getattr(groups[k], demo.source).append(demo)
         return Batch(groups=groups, temperature=cfg.temperature, step=step)
 
     def _update(self, batch: Batch) -> tuple[float | None, dict, bool]:

@@ -1,7 +1,8 @@
 """Trajectories: what one episode produced, token-in/token-out, with a student and a teacher view.
 
 A trajectory is a student prompt, a teacher prompt, and the segments that follow either prompt:
-``action`` segments (the exact ids the model sampled, with their sampling log-probabilities) and
+``action`` segments (the exact ids the model sampled, with their sampling log-probabilities; an
+oracle demonstration's have none, see :meth:`~pbsd_agents.rollout.Collector.demonstrations`) and
 ``observation`` segments (the chat-template delta the environment's messages add). The two views
 share the segments, so action positions align by construction. With per-turn privileged context an
 observation segment that brings a user turn may carry ``teacher_ids``, the teacher's copy of it (with

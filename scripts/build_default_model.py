@@ -16,12 +16,18 @@ Steps, all seeded:
    writes is copied from the question, a tool result or the privileged context, and a 1 M model on
    2 CPU cores does not find that circuit by itself within the build budget (random-string copy
    accuracy stayed at 0.1 after 1,000 steps without the init, 0.96 after 400 steps with it).
-5. Supervised fine-tuning on fresh oracle demonstrations (each seen about once), mixing the teacher
-   view (privileged context shown) with a per-env share of student-view ones (STUDENT_FRAC), plus a
-   few copy demos in every batch. Fewer student-view demonstrations leave the gap PBSD is there to
-   close: the teacher view succeeds far more often than the student view on held-out tasks.
+5. Supervised fine-tuning on fresh oracle demonstrations of the three envs (each seen about once),
+   run by the kit itself: ``pbsd-agents train --algo sft --algo-arg source=oracle`` (the
+   :class:`~pbsd_agents.trainer.Trainer`, a run folder under ``<out>.build/``), with a share
+   ``--teacher-view-fraction`` of teacher-view demonstrations (privileged context shown). Fewer
+   student-view demonstrations leave the gap PBSD is there to close: the teacher view succeeds far
+   more often than the student view on held-out tasks.
    Shipped build (64 held-out tasks, greedy): ToolCall student 0.14 / teacher 0.81, MathCalc
-   0.00 / 1.00, Retail 0.03 / 0.55.
+   0.00 / 1.00, Retail 0.03 / 0.55. That build predates step 5 running through the kit: its own
+   loop showed a per-env share of student-view demonstrations (ToolCall 0.25, MathCalc 0.03, Retail
+   0.45; with 0.35 everywhere the student view learned MathCalc's 11 templates and no gap was
+   left), mixed copy demos into every batch and used a one-cycle learning rate. A rebuild with this
+   script has not been measured at full size.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,9 +45,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "pbsd_agents" / "assets" / "default-model"
 ENVS = ("pbsd/ToolCall-v0", "pbsd/MathCalc-v0", "pbsd/Retail-v0")
-# Share of each env's demonstrations shown in the student view. Measured: with 35% everywhere the
-# student view learned MathCalc's 11 templates (0.97 held-out, no gap left) while Retail stayed at 0.05.
-STUDENT_FRAC = {"pbsd/ToolCall-v0": 0.25, "pbsd/MathCalc-v0": 0.03, "pbsd/Retail-v0": 0.45}
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -178,18 +182,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks-per-env", type=int, default=8000,
-                   help="demonstration tasks per environment (enough that SFT sees each about once: repeats get memorised)")
+                   help="oracle episodes per environment in the corpus; the tokenizer is trained on ~3000 of them "
+                        "(the SFT step draws fresh demonstrations)")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--copy-steps", type=int, default=1000, help="most warm-up steps on copying random token strings")
     p.add_argument("--steps", type=int, default=2000, help="SFT steps")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="demonstrations per SFT step")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--student-frac", type=float, default=None,
-                   help="fraction of demonstrations in the student view, for every env (default: STUDENT_FRAC per env)")
-    p.add_argument("--copy-frac", type=float, default=0.125,
-                   help="share of every SFT batch that is a random-string copy demo (keeps copying ahead of memorised values)")
+    p.add_argument("--teacher-view-fraction", type=float, default=0.75,
+                   help="share of demonstrations shown in the teacher view (privileged context in the prompt)")
     p.add_argument("--eval-tasks", type=int, default=64)
     p.add_argument("--init", type=Path, default=None,
                    help="continue SFT from this model folder (its tokenizer is kept) instead of starting fresh")
@@ -199,35 +202,20 @@ def main(argv=None) -> int:
     import pbsd_agents  # noqa: F401  (registers the envs)
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pbsd_agents.chat import ChatRenderer
-
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    episodes = []
-    for k, env_id in enumerate(ENVS):
-        episodes += [(env_id, c) for c in corpus_episodes(env_id, args.tasks_per_env, args.seed * 100 + k)]
-    print(f"corpus: {len(episodes)} episodes ({time.time() - t0:.0f}s)", flush=True)
-
-    texts = [corpus_text(msgs) for _, conv in episodes[:: max(1, len(episodes) // 3000)]
-             for msgs in (conv.student_messages, conv.teacher_messages)]
     if args.init:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.init)
     else:
+        episodes = [c for k, env_id in enumerate(ENVS) for c in corpus_episodes(env_id, args.tasks_per_env, args.seed * 100 + k)]
+        texts = [corpus_text(msgs) for conv in episodes[:: max(1, len(episodes) // 3000)]
+                 for msgs in (conv.student_messages, conv.teacher_messages)]
+        print(f"corpus: {len(episodes)} episodes ({time.time() - t0:.0f}s)", flush=True)
         tokenizer = train_tokenizer(texts, args.vocab_size)
-    renderer = ChatRenderer(tokenizer)
     print(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.0f}s)", flush=True)
-
-    rng = random.Random(args.seed)
-    data = []
-    for env_id, conv in episodes:
-        frac = STUDENT_FRAC[env_id] if args.student_frac is None else args.student_frac
-        view = "student" if rng.random() < frac else "teacher"
-        data.append(renderer.render_conversation(conv.messages(view), conv.tools, tool_format=conv.tool_format))
-    lengths = [len(ids) for ids, _ in data]
-    print(f"demos: {len(data)}, mean length {sum(lengths) / len(lengths):.0f} tokens, max {max(lengths)}", flush=True)
 
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
@@ -240,44 +228,55 @@ def main(argv=None) -> int:
     from pbsd_agents.loading import resolve_device
 
     device = resolve_device(args.device)
+    rng = random.Random(args.seed)
     if args.init:
         model = Qwen2ForCausalLM.from_pretrained(args.init)
     else:
         model = Qwen2ForCausalLM(config)
         previous_token_init(model)
-    model.to(device)
+        model.to(device)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 50))
+        for step in range(1, args.copy_steps + 1):
+            out, loss = nll_step(model, opt, warmup, [copy_demo(tokenizer, rng) for _ in range(32)], tokenizer.pad_token_id)
+            if step % 50 == 0:
+                accuracy = (out.logits.argmax(-1) == out.targets).float().mean().item()
+                print(f"copy step {step}/{args.copy_steps} loss {loss.item():.3f} accuracy {accuracy:.2f} "
+                      f"({time.time() - t0:.0f}s)", flush=True)
+                if accuracy > 0.95:
+                    break
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 50))
-    for step in range(1, args.copy_steps + 1):
-        out, loss = nll_step(model, opt, warmup, [copy_demo(tokenizer, rng) for _ in range(32)], tokenizer.pad_token_id)
-        if step % 50 == 0:
-            accuracy = (out.logits.argmax(-1) == out.targets).float().mean().item()
-            print(f"copy step {step}/{args.copy_steps} loss {loss.item():.3f} accuracy {accuracy:.2f} ({time.time() - t0:.0f}s)", flush=True)
-            if accuracy > 0.95:
-                break
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    by_length = sorted(range(len(data)), key=lambda i: len(data[i][0]))
-    for step in range(1, args.steps + 1):
-        # Neighbours in length order: a batch pads to nearly its own length instead of the longest demo.
-        start = rng.randrange(max(1, len(by_length) - args.batch))
-        n_copy = round(args.batch * args.copy_frac)
-        batch = [data[i] for i in by_length[start : start + args.batch - n_copy]]
-        batch += [copy_demo(tokenizer, rng) for _ in range(n_copy)]
-        out, loss = nll_step(model, opt, sched, batch, tokenizer.pad_token_id)
-        if step % 25 == 0 or step == 1:
-            print(f"sft step {step}/{args.steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
+
+    # Step 5 is the kit's offline SFT: the copy-trained model goes in as a folder, a run folder comes out.
+    from pbsd_agents.runlog import read_jsonl
+    from pbsd_agents.trainer import TrainConfig, Trainer
+
+    build = args.out.with_name(args.out.name + ".build")
+    if build.exists():
+        shutil.rmtree(build)
+    start = build / "start"
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.to("cpu").save_pretrained(start)
+    tokenizer.save_pretrained(start)
+    trainer = Trainer(TrainConfig(
+        model=str(start), env=ENVS[0], algo="sft", seed=args.seed, device=args.device, out=str(build / "sft"),
+        algo_args={"source": "oracle", "envs": ",".join(ENVS), "teacher_view_fraction": args.teacher_view_fraction},
+        steps=args.steps, tasks_per_step=args.batch, lr=args.lr, weight_decay=0.01, warmup_steps=max(1, args.steps // 20),
+        eval_every=0, eval_tasks=1, pass_k=1, save_every=0, keep_last=1))
+    trainer.train()
+    model = trainer.policy.model
+    last = read_jsonl(build / "sft" / "metrics.jsonl")[-1]
+    print(f"sft: {last['step']} steps, last loss {last['loss']} ({time.time() - t0:.0f}s)", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = config.eos_token_id
     # Shards under 2 MB each: the weights are tracked in git, which keeps single files small.
     model.to("cpu").save_pretrained(args.out, max_shard_size="1500KB")
     tokenizer.save_pretrained(args.out)
+    shutil.rmtree(build)
     (args.out / "BUILD.json").write_text(json.dumps({**{k: (str(v.resolve().relative_to(ROOT)) if v.resolve().is_relative_to(ROOT) else str(v)) if isinstance(v, Path) else v for k, v in vars(args).items()}, "params": n_params}, indent=2))
     print(f"saved to {args.out} ({time.time() - t0:.0f}s)", flush=True)
 

@@ -20,11 +20,17 @@ class CollectPlan:
     """What to collect per task for one step.
 
     ``teacher_temperature=None`` samples the teacher at the student's temperature; 0 is greedy.
+    ``demonstrations=True`` asks for the oracle's episodes instead of samples (offline SFT): one per
+    task, from the envs of ``demo_envs`` in turn (empty: the run's env), each shown in the teacher
+    view with probability ``teacher_view_fraction`` and in the student view otherwise.
     """
 
     student_samples: int = 0
     teacher_samples: int = 0
     teacher_temperature: float | None = None
+    demonstrations: bool = False
+    teacher_view_fraction: float = 0.0
+    demo_envs: tuple[str, ...] = ()
 
 
 @dataclass

@@ -83,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     state = checkpoint.read_state(args.model) if checkpoint.is_checkpoint(args.model) else {}
     evaluation = Evaluation(view=args.view, **s)
     policy = load_model(args.model, threads=args.threads, device=args.device, frozen_teacher=False)  # nothing trains: no frozen copy
+    if args.view == "teacher" and policy.is_peft:
+        # A LoRA policy's teacher is its base model (adapter off); the teacher view of a checkpoint is
+        # its own weights with the privileged prompt, as for a fully fine-tuned one.
+        from ..models import Policy
+
+        policy = Policy(policy.model.merge_and_unload(), policy.tokenizer, renderer=policy.renderer, frozen_teacher=False)
     collector = Collector.for_policy(policy, engine=args.engine, progress=not args.no_progress)
     row, greedy = evaluation.run(collector, step=state.get("step", 0), trajectories=state.get("trajectories", 0))
     if args.out:

@@ -279,8 +279,8 @@ class Trainer:
         picks = [(env, int(rng.integers(self._task_counts[env] or 2**31)))
                  for env in (envs[k % len(envs)] for k in range(n * world))]
         views = ["teacher" if view_rng.random() < self.plan.teacher_view_fraction else "student" for _ in picks]
-        mine = slice(self.parallel.rank * n, (self.parallel.rank + 1) * n)  # this rank's share, as for sampled tasks
-        picks, views = picks[mine], views[mine]
+        share = slice(self.parallel.rank * n, (self.parallel.rank + 1) * n)  # this rank's share, as for sampled tasks
+        picks, views = picks[share], views[share]
         groups = [TaskGroup(index=i) for _, i in picks]
         for env in dict.fromkeys(envs):
             mine = [k for k, (e, _) in enumerate(picks) if e == env]

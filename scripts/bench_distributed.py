@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 START, END = "<!-- bench_distributed:start -->", "<!-- bench_distributed:end -->"
-# hidden 512, 12 layers, MLP 1536: 40.9 M parameters (the byte tokenizer's 259-token embedding adds 0.1 M)
-FULL = dict(hidden=512, layers=12, heads=8, mlp=1536, steps=4, tasks=2, max_new_tokens=32, max_tokens=64)
+# hidden 512, 12 layers, 4 heads (2 key/value), MLP 1792: 41.0 M parameters (with the byte tokenizer's 259 embeddings)
+FULL = dict(hidden=512, layers=12, heads=4, mlp=1792, steps=4, tasks=2, max_new_tokens=32, max_tokens=64)
 QUICK = dict(hidden=32, layers=1, heads=2, mlp=64, steps=2, tasks=2, max_new_tokens=8, max_tokens=16)
 
 
@@ -64,7 +64,27 @@ def worker(spec: str) -> None:
     trainer = Trainer(TrainConfig(**opts))
     rank = trainer.parallel.rank
     trainer.train()
-    print("RANK " + json.dumps({"rank": rank, "peak_mb": rss_kb("VmHWM") / 1024, "before_mb": before / 1024}), flush=True)
+    print("RANK " + json.dumps({"rank": rank, "peak_mb": rss_kb("VmHWM") / 1024, "before_mb": before / 1024,
+                                "state_mb": held_state_mb(trainer)}), flush=True)
+
+
+def held_state_mb(trainer) -> float:
+    """What this rank holds between steps: its weights (student and frozen teacher), gradients and
+    AdamW moments, counting only its own shard of a sharded tensor."""
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    tensors = [local(p) for p in trainer.policy.model.parameters()]
+    tensors += [local(p.grad) for p in trainer.policy.model.parameters() if p.grad is not None]
+    if trainer.policy._teacher_copy is not None:
+        tensors += [local(p) for p in trainer.policy._teacher_copy.parameters()]
+    tensors += [local(v) for st in trainer.optimizer.state.values() for v in st.values() if hasattr(v, "numel")]
+    seen, total = set(), 0
+    for t in tensors:
+        if id(t) not in seen:  # tied weights count once
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total / 2**20
 
 
 def build_model(size: dict, folder: Path) -> int:
@@ -103,6 +123,7 @@ def run_case(name: str, procs: int, threads: int, parallel: str, size: dict, mod
             "collect_s": sum(r["collect_s"] for r in timed) / len(timed),
             "update_s": sum(r["update_s"] for r in timed) / len(timed),
             "peak_mb": [r["peak_mb"] for r in ranks], "above_start_mb": [r["peak_mb"] - r["before_mb"] for r in ranks],
+            "state_mb": [r["state_mb"] for r in ranks],
             "wall_s": time.perf_counter() - t0}
 
 
@@ -113,8 +134,8 @@ def machine() -> str:
 
 
 def report(results: list[dict], params: int, size: dict, device: str, wall: float) -> str:
-    def mb(xs):
-        return " / ".join(f"{x:.0f}" for x in xs)
+    def mb(xs, digits=0):
+        return " / ".join(f"{x:.{digits}f}" for x in xs)
 
     base = results[0]
     lines = [START, "## Several processes: DDP and FSDP (`scripts/bench_distributed.py`)", "",
@@ -124,14 +145,15 @@ def report(results: list[dict], params: int, size: dict, device: str, wall: floa
              f"turns up to {size['max_new_tokens']} tokens. Throughput: trajectories per second of step time; "
              "trajectory tokens per second of update time. Memory: each rank's peak resident set (VmHWM), "
              "and that peak above the process's resident set before the trainer started (torch and the kit "
-             "imported), rank 0 / rank 1.", "",
+             "imported), rank 0 / rank 1; held state: the weights (student and frozen teacher), gradients and "
+             "AdamW moments a rank keeps between steps, its own shards only.", "",
              "| case | processes × threads | traj/s | × 1 process | update tok/s | collect s/step | update s/step "
-             "| peak MB per rank | above start MB per rank |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| peak MB per rank | above start MB per rank | held state MB per rank |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['case']} | {r['procs']} × {r['threads']} | {r['traj_per_s']:.2f} | "
                      f"{r['traj_per_s'] / base['traj_per_s']:.2f} | {r['update_tok_per_s']:.0f} | {r['collect_s']:.2f} | "
-                     f"{r['update_s']:.2f} | {mb(r['peak_mb'])} | {mb(r['above_start_mb'])} |")
+                     f"{r['update_s']:.2f} | {mb(r['peak_mb'])} | {mb(r['above_start_mb'])} | {mb(r['state_mb'], 1)} |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
 

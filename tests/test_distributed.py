@@ -83,6 +83,7 @@ def test_two_ranks_match_one_process(tiny_model, tmp_path, mode, lora):
 
 
 def test_accelerate_launch_with_an_fsdp_config(tiny_model, tmp_path):
+    pytest.importorskip("accelerate", reason="needs accelerate (pip install accelerate)")
     config = tmp_path / "fsdp.yaml"
     config.write_text("distributed_type: FSDP\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\nuse_cpu: true\n"
                       "main_process_ip: 127.0.0.1\nmain_process_port: 0\nmixed_precision: 'no'\nfsdp_config:\n  fsdp_version: 2\n")
@@ -96,8 +97,16 @@ def test_accelerate_launch_with_an_fsdp_config(tiny_model, tmp_path):
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    """The processes whose parent is ``pid`` (read from /proc: no procps needed)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def test_kill_9_of_one_rank_ends_the_job_and_resume_finishes_it(tiny_model, tmp_path):

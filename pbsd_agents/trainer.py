@@ -153,7 +153,7 @@ class Trainer:
             log.eval(eval_before)
         log.print(f"held-out success before training: {_fmt_eval(eval_before)}")
         t_train = time.time()
-        bar = _progress(cfg.steps, cfg.progress and not cfg.max_trajectories, initial=self.step)
+        bar = _progress(cfg.steps, log.progress and not cfg.max_trajectories, initial=self.step)  # rank 0 only
         last_eval = self.parallel.broadcast(log.eval_at(self.step) if resumed else None) or eval_before
         while not self._budget_spent():
             if cfg.max_wall_s and self.parallel.sum([time.time() - t_train > cfg.max_wall_s])[0]:

@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["apply_training_state", "candidates", "export", "is_checkpoint", "latest", "load", "load_any", "load_weights", "restore", "run_config", "save", "verify"]
+__all__ = ["apply_training_state", "candidates", "export", "is_checkpoint", "latest", "load", "load_any", "load_weights", "run_config", "save", "verify"]
 
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"
@@ -132,16 +132,6 @@ def candidates(ckpt_dir: Path, on_skip: Callable[[str], None] | None = None) -> 
 def latest(ckpt_dir: Path, on_skip: Callable[[str], None] | None = None) -> Path | None:
     """The newest valid checkpoint in ``ckpt_dir``, or ``None``."""
     return next(candidates(ckpt_dir, on_skip), None)
-
-
-def restore(ckpt: Path, policy, optimizer, scheduler) -> dict:
-    """Load a checkpoint's weights, optimizer, scheduler and RNG states; return its trainer state.
-
-    Every file is read before anything is applied, so a file that cannot be loaded (``ValueError``)
-    leaves the policy and the optimizer as they were.
-    """
-    training = load(ckpt, policy)
-    return apply_training_state(training, optimizer, scheduler)
 
 
 def load(ckpt: Path, policy) -> dict:

@@ -76,6 +76,7 @@ def supports(model) -> bool:
 
 # rotary types whose cos/sin depend on the position only (not on how long the sequence gets)
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+PREFILL_FLOATS = 2**26  # the prefill runs in row chunks whose largest transient stays under this (256 MB in float32)
 
 
 def _plain_linear(module) -> bool:
@@ -166,6 +167,7 @@ class CachedDecoder:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         if fuse is None:
             fuse = sum(p.numel() * p.element_size() for p in decoder.layers.parameters()) < 256 * 2**20
         self.layers = [_Layer(layer, fuse) for layer in decoder.layers]
@@ -244,6 +246,15 @@ class CachedDecoder:
         for i, lay in enumerate(self.layers):
             h = self._layer(i, lay, h, cos, sin, mask, cache, col, write)
         return self.decoder.norm(h[:, -1])
+
+    def _prefill_chunks(self, batch: int, queries: int, keys: int) -> list[tuple[int, int]]:
+        """Row ranges for the prefill, each holding at most ``PREFILL_FLOATS`` of its largest transient
+        (the MLP's hidden layer or the attention scores): a whole batch of long prompts at once holds
+        gigabytes (64 prompts of 820 tokens on SmolLM2-135M: 1.5 GB of attention scores per layer, and
+        as much again for their softmax)."""
+        per_row = max(1, queries * max(self.intermediate, self.num_heads * keys))
+        rows = max(1, PREFILL_FLOATS // per_row)
+        return [(a, min(a + rows, batch)) for a in range(0, batch, rows)]
 
     # ---- key/values kept between calls -------------------------------------------------------------
 
@@ -332,7 +343,10 @@ class CachedDecoder:
         k_cols = torch.arange(width, device=device)[None, :]
         mask = ((k_cols <= q_cols) & valid[:, None, :width]) | (k_cols == q_cols)
         write = (~kept[:, fresh:])[:, None, :, None] if bool(kept[:, fresh:].any()) else None
-        hidden = self._forward(ids[:, fresh:], positions[:, fresh:], mask[:, None], cache, fresh, write)
+        hidden = torch.cat([self._forward(ids[a:b, fresh:], positions[a:b, fresh:], mask[a:b, None],
+                                          [(k[a:b], v[a:b]) for k, v in cache], fresh,
+                                          None if write is None else write[a:b])
+                            for a, b in self._prefill_chunks(batch, width - fresh, width)])
         # decoding adds this to the attention scores: -inf on padding, 0 on tokens (filled in as they come)
         bias = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, float("-inf"))
         if batch < len(prompts):  # prompts that were the same share one prefill

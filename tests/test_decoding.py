@@ -96,6 +96,33 @@ def test_a_prompt_that_extends_the_last_call_reuses_its_key_values():
         assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
 
 
+def test_prefill_in_row_chunks_decodes_like_one_prefill(monkeypatch):
+    """Long prompts are prefilled a few rows at a time (memory); a chunk of one row must change nothing,
+    in a first round and in one that reuses kept key/values."""
+    import pbsd_agents.decoding as decoding
+
+    model = _model("qwen2")
+    with torch.no_grad():  # peaked attention, so that a key at the wrong position or row would show
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=12, seed=0)
+    whole, _ = _engines(model)
+    want = [whole.generate(PROMPTS, sampled)]
+    want.append(whole.generate(_second_round(want[0]), GREEDY))
+    monkeypatch.setattr(decoding, "PREFILL_FLOATS", 1)
+    chunked, _ = _engines(model)
+    decoder = chunked._decoder(model, False)
+    assert len(decoder._prefill_chunks(len(PROMPTS), 9, 9)) == len(PROMPTS)
+    got = [chunked.generate(PROMPTS, sampled)]
+    got.append(chunked.generate(_second_round(got[0]), GREEDY))
+    assert decoder.reused_tokens > 0
+    for a, b in zip(got, want):
+        assert [g.ids for g in a] == [g.ids for g in b]
+        for x, y in zip(a, b):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+
+
 def test_kept_key_values_are_dropped_when_the_weights_change_or_on_forget():
     model = _model("qwen2")
     engine, _ = _engines(model)

@@ -249,9 +249,9 @@ class CachedDecoder:
 
     def _prefill_chunks(self, batch: int, queries: int, keys: int) -> list[tuple[int, int]]:
         """Row ranges for the prefill, each holding at most ``PREFILL_FLOATS`` of its largest transient
-        (the MLP's hidden layer or the attention scores): a whole batch of long prompts at once holds
-        gigabytes (64 prompts of 820 tokens on SmolLM2-135M: 1.5 GB of attention scores per layer, and
-        as much again for their softmax)."""
+        (the MLP's hidden layer or the attention scores), which grow with the batch: with SmolLM2-135M's
+        shapes, 16 prompts of 820 tokens in two chunks peaked 1.00 GB above the weights instead of
+        1.18 GB, at the same speed. (The key/value cache, not this, is most of a long eval's memory.)"""
         per_row = max(1, queries * max(self.intermediate, self.num_heads * keys))
         rows = max(1, PREFILL_FLOATS // per_row)
         return [(a, min(a + rows, batch)) for a in range(0, batch, rows)]

@@ -123,6 +123,44 @@ def test_prefill_in_row_chunks_decodes_like_one_prefill(monkeypatch):
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
 
 
+def test_finished_rows_keep_only_the_key_values_they_wrote():
+    """Rows dropped mid-call keep copies of their own columns (not the whole batch cache, which must be
+    freed), and a next call that extends them decodes exactly as from scratch."""
+    model = _model("qwen2")
+    stop, calls = 1, []
+
+    def pick(logits):  # argmax, but 3 of 5 rows stop at the 4th token and one more at the 9th: two drops
+        calls.append(len(logits))
+        token = logits.argmax(-1, keepdim=True).clamp(min=2)
+        if len(calls) == 4:
+            token[:3] = stop
+        if len(calls) == 9:
+            token[:1] = stop
+        return token, torch.log_softmax(logits, -1).gather(-1, token).squeeze(-1)
+
+    decoder = CachedDecoder(model)
+    ids, _ = decoder.decode(PROMPTS, pick, max_new_tokens=12, stop_ids=[stop], pad_id=0)
+    assert calls[4] == 2 and calls[9] == 1  # the batch shrank twice
+    kept = {id(e.cache[0][0]): e.cache[0][0] for e in decoder._next}
+    full = len(PROMPTS) * model.config.num_key_value_heads * (9 + 12) * (32 // 4)  # one layer's keys, whole batch
+    assert sum(k.numel() for k in kept.values()) < full
+    for e in decoder._next:  # every kept column is one the row wrote
+        assert e.cache[0][0].shape[2] - e.start <= len(e.tokens) + 1
+
+    def greedy(logits):
+        token = logits.argmax(-1, keepdim=True).clamp(min=2)
+        return token, torch.log_softmax(logits, -1).gather(-1, token).squeeze(-1)
+
+    gen = [[t for t in row if t] for row in ids.tolist()]
+    second = [p + g + [60, 61] for p, g in zip(PROMPTS, gen)]
+    decoder.new_call()
+    got = decoder.decode(second, greedy, max_new_tokens=6, stop_ids=[stop], pad_id=0)
+    assert decoder.reused_tokens == sum(len(p) + len(g) - 1 for p, g in zip(PROMPTS, gen))  # all but the last token fed
+    want = CachedDecoder(model).decode(second, greedy, max_new_tokens=6, stop_ids=[stop], pad_id=0)
+    assert torch.equal(got[0], want[0])
+    assert torch.allclose(got[1], want[1], atol=1e-5)
+
+
 def test_kept_key_values_are_dropped_when_the_weights_change_or_on_forget():
     model = _model("qwen2")
     engine, _ = _engines(model)

@@ -20,8 +20,8 @@ a prompt there that extends one of those sequences (a multi-turn episode's next 
 the turn just generated, then the observation) copies them and computes only the rest.
 
 The step runs eager: with the embedded model at batch 16 on a CPU (torch 2.13, inductor), a
-``torch.compile``\ d step measured 7x slower per token than the same step eager, and compiled layers
-(cache writes left eager) 1.3x slower.
+step compiled with ``torch.compile`` measured 7x slower per token than the same step eager, and
+compiled layers (cache writes left eager) 1.3x slower.
 
 Example:
     >>> import torch

@@ -120,6 +120,14 @@ def test_refusals_are_quick_errors(expression):
     assert len(result.content) < 300
 
 
+@pytest.mark.parametrize("expression", ["2and 3", "12x", "3in 4"])
+def test_a_number_run_into_a_word_is_an_error_not_a_warning(expression, recwarn):
+    """Python parses some of these with a SyntaxWarning on stderr: in a training log that is noise
+    the model never sees; the model gets the error instead."""
+    assert calculate(expression).startswith("error: invalid syntax"), calculate(expression)
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
+
+
 def test_deep_nesting_within_the_length_limit_is_fine():
     assert calculate("(" * 100 + "1" + ")" * 100) == "result = 1"
     assert calculate("-" * 299 + "1") == "result = -1"

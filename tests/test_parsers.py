@@ -245,11 +245,13 @@ def test_python_literals_become_json_like():
         ("f(a=1", "invalid Python"),
         ("f(a=" + "9" * 5000 + ")", "invalid Python"),
         ("f(a=" + "[" * 1000 + "]" * 1000 + ")", "invalid Python"),
+        ("f(a=2and 3)", "invalid decimal literal"),  # Python would only warn, on stderr
     ],
 )
-def test_python_refusals(text, message):
+def test_python_refusals(text, message, recwarn):
     [r] = parse_tool_calls(text, "python")
     assert isinstance(r, ParseError) and message in r.message, r
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
 
 
 def test_python_non_call_elements_in_a_list():

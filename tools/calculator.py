@@ -27,6 +27,7 @@ from typing import Any, Callable
 import simpleeval
 
 from .base import Tool
+from .parsers import parse_source
 
 MAX_EXPRESSION_CHARS = 300
 MAX_BITS = 1024  # about 308 decimal digits, the size of the largest float
@@ -168,7 +169,7 @@ def evaluate(expression: str) -> int | float:
     if len(text) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"expression too long ({len(text)} chars, limit {MAX_EXPRESSION_CHARS})")
     try:
-        module = ast.parse(text, mode="exec")
+        module = parse_source(text, "exec")
         if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
             raise CalculatorError(f"expected one arithmetic expression; allowed: {ALLOWED}")
         _validate(module.body[0].value)

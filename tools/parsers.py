@@ -26,6 +26,7 @@ import ast
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,6 +309,23 @@ def _element_spans(array_text: str, offset: int, limit: int) -> list[tuple[int, 
 _NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 
 
+
+def parse_source(text: str, mode: str) -> ast.AST:
+    """``ast.parse``, with a ``SyntaxError`` where Python would only print a ``SyntaxWarning`` on stderr
+    (``2and 3``, ``f(x=1if y)``): in model-written text that is a typo to report back to the model.
+
+    Example:
+        >>> parse_source("2and 3", "eval")
+        Traceback (most recent call last):
+        SyntaxError: invalid decimal literal
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SyntaxWarning)
+        try:
+            return ast.parse(text, mode=mode)
+        except SyntaxWarning as exc:
+            raise SyntaxError(str(exc)) from None
+
 def _looks_like_call(text: str) -> bool:
     r"""Whether ``text`` starts like a call or a list of calls: ``[``? blanks, a dotted name, blanks, ``(``.
 
@@ -353,7 +371,7 @@ def _parse_python(text: str) -> list[ParsedCall | ParseError]:
     if len(stripped) > MAX_CALL_CHARS:
         return [ParseError(f"tool call too long ({len(stripped)} chars, limit {MAX_CALL_CHARS})", span)]
     try:
-        tree = ast.parse(stripped, mode="eval").body
+        tree = parse_source(stripped, "eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         return [ParseError(f"invalid Python call syntax: {type(exc).__name__}: {exc}", span)]
     nodes = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]

@@ -309,6 +309,8 @@ def _element_spans(array_text: str, offset: int, limit: int) -> list[tuple[int, 
 _NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 
 
+_MODEL_TEXT = "<model text>"  # the file name of parse_source's input, which its warnings filter matches
+
 
 def parse_source(text: str, mode: str) -> ast.AST:
     """``ast.parse``, with a ``SyntaxError`` where Python would only print a ``SyntaxWarning`` on stderr
@@ -319,12 +321,11 @@ def parse_source(text: str, mode: str) -> ast.AST:
         Traceback (most recent call last):
         SyntaxError: invalid decimal literal
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", SyntaxWarning)
-        try:
-            return ast.parse(text, mode=mode)
-        except SyntaxWarning as exc:
-            raise SyntaxError(str(exc)) from None
+    # A filter for this file name only, set (not saved and restored: tools run in threads) on every
+    # call, since test runners and users reset the filters; with it the compiler raises the error itself.
+    warnings.filterwarnings("error", category=SyntaxWarning, module=re.escape(_MODEL_TEXT) + r"\Z")
+    return ast.parse(text, filename=_MODEL_TEXT, mode=mode)
+
 
 def _looks_like_call(text: str) -> bool:
     r"""Whether ``text`` starts like a call or a list of calls: ``[``? blanks, a dotted name, blanks, ``(``.

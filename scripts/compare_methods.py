@@ -23,14 +23,21 @@ trained on; the test split is never used). One rule for every method: the highes
 validation greedy success over the tuning seeds, ties broken by the mean validation success at
 temperature 1, then by the lower learning rate, then the lower β. The picks go to
 ``<runs-dir>/tuned.json``, which the study then reads (without it, every method runs at ``--lr`` and
-its default β). ``--model`` sets the start (e.g. a warm-started checkpoint folder); give each start
-its own ``--runs-dir``. A warmer start of the embedded model, from student-view oracle demonstrations:
+its default β). ``--model`` sets the start: one model for every env, or ``ENV=PATH`` per env (e.g. each
+env's own warm-started checkpoint folder); give each set of starts its own ``--runs-dir``.
+
+The document can be written again from the files beside it, without ``runs/``: ``--rewrite --out
+docs/RESULTS.md`` reads ``compare_results.json`` (every evaluation of every run) and ``compare_meta.json``
+(the command that produced them, the tuned picks). A warmer start of the embedded model, from
+student-view oracle demonstrations:
 
     pbsd-agents train --algo sft --algo-arg source=oracle --algo-arg teacher_view_fraction=0 \
         --algo-arg envs=pbsd/MathCalc-v0,pbsd/ToolCall-v0 --lr 1e-3 --tasks-per-step 16 --steps 100 --out runs/warm
 
 took MathCalc's greedy student success (200 test tasks) from 0.00 to 0.50 but ToolCall's only from 0.095 to
-0.105 (0.15 after 300 steps, where MathCalc is at 0.87): ToolCall needs a start of its own.
+0.105 (0.15 after 300 steps, where MathCalc is at 0.87). ToolCall's own start: those 300 steps, then 150
+ToolCall-only steps (``--model <step 300> --algo-arg envs=pbsd/ToolCall-v0 --steps 150``, same flags),
+which took ToolCall to 0.40.
 """
 
 from __future__ import annotations
@@ -94,11 +101,30 @@ def run_one(run: dict) -> dict:
             "skipped": metrics[-1].get("skipped_total", 0) if metrics else 0}
 
 
+def starts(models: list[str], envs: list[str]) -> dict[str, str]:
+    """``env -> initial model`` from ``--model``: one model for every env, or ``ENV=PATH`` for each env.
+
+    Example:
+        >>> starts(["default"], ["a", "b"])
+        {'a': 'default', 'b': 'default'}
+        >>> starts(["a=runs/wa", "b=runs/wb"], ["a", "b"])
+        {'a': 'runs/wa', 'b': 'runs/wb'}
+    """
+    if len(models) == 1 and "=" not in models[0]:
+        return dict.fromkeys(envs, models[0])
+    pairs = dict(m.partition("=")[::2] for m in models)
+    bad = [m for m in models if "=" not in m or not m.partition("=")[2]]
+    if bad or set(pairs) != set(envs):
+        raise ValueError(f"--model: give one model, or ENV=PATH for each of {', '.join(envs)}; got {' '.join(models)}")
+    return pairs
+
+
 def run_config(args, env: str, method: str, seed: int, lr: float, beta: float | None, budget: int, out: Path,
                **extra) -> dict:
     algo, algo_args, per_task = METHODS[method]
     return dict(
-        algo=algo, algo_args={**algo_args, **({"beta": beta} if beta is not None else {})}, env=env, model=args.model,
+        algo=algo, algo_args={**algo_args, **({"beta": beta} if beta is not None else {})}, env=env,
+        model=starts(args.model, args.envs)[env],
         max_trajectories=budget, steps=10**9, tasks_per_step=args.tasks_per_step, lr=lr, pass_k=1, save_every=0,
         keep_last=1, seed=seed, eval_tasks=args.eval_tasks, out=str(out), max_wall_s=args.max_wall_s,
         max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device,
@@ -306,7 +332,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="one env, one seed, a tiny budget, the six main methods unless --methods is given: a few minutes")
-    p.add_argument("--model", default="default", help="initial model for every run (a checkpoint folder for a warm start)")
+    p.add_argument("--model", nargs="+", default=["default"],
+                   help="initial model of every run (a checkpoint folder for a warm start), or ENV=PATH for each env")
+    p.add_argument("--rewrite", action="store_true",
+                   help="write --out again from compare_results.json and compare_meta.json beside it; run nothing")
     p.add_argument("--envs", nargs="+", default=list(ENVS))
     p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="default: all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -336,10 +365,23 @@ def main(argv=None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.methods is None:
         args.methods = [m for m in METHODS if not (args.quick and m in VARIANTS)]
+    if args.rewrite:
+        raw, meta = args.out.parent / "compare_results.json", args.out.parent / "compare_meta.json"
+        if not raw.exists():
+            p.error(f"--rewrite needs {raw} (written beside the document by a study)")
+        meta = json.loads(meta.read_text()) if meta.exists() else {}
+        summarise(json.loads(raw.read_text()), args.out, args.out.parent, meta.get("command", "unknown"),
+                  meta.get("tuned"))
+        print(f"wrote {args.out}")
+        return 0
     if args.quick:
         args.envs, args.seeds, args.budget, args.eval_tasks = args.envs[:1], args.seeds[:1], 32, 8
         args.eval_every, args.max_wall_s, args.tasks_per_step = 16, 60, 4
         args.tune_budget, args.val_tasks, args.tune_seeds = 16, 8, args.tune_seeds[:1]
+    try:
+        starts(args.model, args.envs)
+    except ValueError as exc:
+        p.error(str(exc))
     from pbsd_agents.grid import run_grid
 
     def describe(name: str, r: dict) -> str:
@@ -364,6 +406,7 @@ def main(argv=None) -> int:
     command = "python scripts/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
     summarise(results, args.out, args.out.parent, command.strip(), tuned)
     (args.out.parent / "compare_results.json").write_text(json.dumps(results, indent=1))  # raw, beside the document
+    (args.out.parent / "compare_meta.json").write_text(json.dumps({"command": command.strip(), "tuned": tuned}, indent=1))
     print(f"wrote {args.out}")
     return 1 if failed else 0
 

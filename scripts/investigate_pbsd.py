@@ -18,7 +18,7 @@ This script measures, at the initial weights and on fresh batches drawn as the t
 ``‖u+‖``, ``‖u-‖``, ``cos(u+, u-)``; how close PBSD's and SFT's (token-mean NLL of y+) update
 directions are; how much of a clipped PBSD step lies along ``u+`` against a clipped SFT step; and
 whether ``u-`` averages away over batches (norm of the mean ≈ mean norm / √B if it is zero-mean) while
-``u+`` does not. It writes a markdown section between markers in ``docs/RESULTS.md`` (kept when
+``u+`` does not. It writes a markdown section between markers in ``docs/study-512/RESULTS.md`` (kept when
 ``compare_methods.py`` rewrites the tables) and a PNG of the study's PBSD margin and likelihood curves.
 """
 
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip", type=float, default=1.0, help="the trainer's grad_clip")
     p.add_argument("--runs-dir", type=Path, default=None, help="a compare_methods.py runs folder: draw its PBSD curves")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "study-512" / "RESULTS.md")
     args = p.parse_args(argv)
     import pbsd_agents  # noqa: F401
     from transformers.utils import logging

@@ -1,10 +1,14 @@
 """The study's statistics (scripts/compare_methods.py): bootstrap intervals over tasks and seeds, paired
-differences on the same tasks, and the one hyper-parameter selection rule."""
+differences on the same tasks, the one hyper-parameter selection rule, each env's start, and the document
+written again from its raw results."""
+
+import json
 
 import numpy as np
 import pytest
 
-from scripts.compare_methods import bootstrap_interval, outcome_matrix, paired_difference, run_name, select
+from scripts.compare_methods import (KEEP, bootstrap_interval, main, outcome_matrix, paired_difference, run_name,
+                                     select, starts)
 
 
 def outcomes(p: float, tasks: int, seed: int) -> np.ndarray:
@@ -67,3 +71,45 @@ def test_selection_is_one_rule_for_every_method():
     assert (picks["PBSD"]["lr"], picks["PBSD"]["beta"], picks["PBSD"]["seeds"]) == (3e-4, 0.1, 2)
     assert picks["SeqKD"]["lr"] == 3e-4 and picks["GRPO"]["lr"] == 1e-4
     assert run_name("pbsd/MathCalc-v0", "PBSD+", 2, 3e-4, 0.1) == "MathCalc-v0__PBSDplus__lr0.0003__b0.1__s2"
+
+
+def test_each_env_has_its_own_start_or_all_share_one():
+    envs = ["pbsd/MathCalc-v0", "pbsd/ToolCall-v0"]
+    assert starts(["runs/w"], envs) == dict.fromkeys(envs, "runs/w")
+    assert starts(["pbsd/ToolCall-v0=runs/t", "pbsd/MathCalc-v0=runs/m"], envs) == {
+        "pbsd/MathCalc-v0": "runs/m", "pbsd/ToolCall-v0": "runs/t"}
+    for bad in (["pbsd/MathCalc-v0=runs/m"], ["pbsd/MathCalc-v0=runs/m", "pbsd/ToolCal-v0=runs/t"],
+                ["pbsd/MathCalc-v0=", "pbsd/ToolCall-v0=runs/t"], ["runs/m", "runs/t"]):
+        with pytest.raises(ValueError, match="ENV=PATH for each of pbsd/MathCalc-v0, pbsd/ToolCall-v0"):
+            starts(bad, envs)
+
+
+def test_rewrite_writes_the_document_from_the_raw_results_beside_it(tmp_path, capsys):
+    def run(method, seed, outcomes):
+        curve = [{"step": 0, "trajectories": 0, "tokens": 0, "success": 0.5, "outcomes": "10" * 5},
+                 {"step": 8, "trajectories": 256, "tokens": 9000, "success": outcomes.count("1") / 10,
+                  "outcomes": outcomes}]
+        return {"env": "pbsd/MathCalc-v0", "method": method, "seed": seed, "curve": curve, "lr": 1e-4,
+                "beta": None, "wall_s": 10.0, "steps": 8, "skipped": 0}
+
+    results = [run("GRPO", 0, "1111111100"), run("GRPO", 1, "1111111000"),
+               run("SeqKD", 0, "1111100000"), run("SeqKD", 1, "1111000000")]
+    (tmp_path / "compare_results.json").write_text(json.dumps(results))
+    tuned = {"pbsd/MathCalc-v0": {"GRPO": {"lr": 1e-4, "beta": None, "val_success": 0.4, "val_success_t1": 0.2,
+                                           "seeds": 1}}}
+    (tmp_path / "compare_meta.json").write_text(json.dumps({"command": "python scripts/compare_methods.py --x",
+                                                            "tuned": tuned}))
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("old tables\n" + KEEP + "\nthe reading, by hand\n")
+    assert main(["--rewrite", "--out", str(doc)]) == 0
+    text = doc.read_text()
+    assert "old tables" not in text and text.endswith("the reading, by hand\n")
+    assert "`python scripts/compare_methods.py --x`" in text and "best baseline GRPO" in text
+    assert "| GRPO | 2 | 0.750 [" in text and "| SeqKD | 2 | 0.450 [" in text
+    assert "| -0.300 [" in text  # SeqKD paired against GRPO on the same tasks and seeds
+    assert "| pbsd/MathCalc-v0 | GRPO | 0.0001 | — | 0.400 | 0.200 | 1 |" in text
+    assert (tmp_path / "compare_MathCalc-v0.png").exists()
+    (tmp_path / "compare_results.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["--rewrite", "--out", str(doc)])
+    assert "--rewrite needs" in capsys.readouterr().err

@@ -29,7 +29,7 @@ whatever its reward. Options, each off by default:
 
 Push-down variants. The gradient of the paper's loss is ``∇L = −w β (∇log π_θ(y+) − ∇log π_θ(y-))``
 with ``w = σ(−β(h(y+) − h(y-)))`` (the teacher term of h has no gradient). When every pair sits in the
-linear regime (w ≈ 1 for all pairs, as measured in docs/RESULTS.md) the y- half is a score function
+linear regime (w ≈ 1 for all pairs, as measured in docs/study-512/RESULTS.md) the y- half is a score function
 of the student's own sample, ``E_{y~π_θ}[∇log π_θ(y)] = 0``: noise without direction. Two variants
 give it one. Below, pairs p = 1..P of a batch; y-_p is drawn from π_θ(· | x); r_p ∈ [0, 1] is its
 environment reward; sg is stop-gradient; the policy-gradient readings hold for y- sampled at

@@ -134,7 +134,7 @@ def run_config(args, env: str, method: str, seed: int, lr: float, beta: float | 
 def grid(args, tuned: dict | None = None) -> dict[str, dict]:
     """``run_name -> {"method", "config"}`` for every (env, method, seed) asked for, at the tuned settings if any."""
     runs = {}
-    for env, method, seed in itertools.product(args.envs, args.methods, args.seeds):
+    for env, seed, method in itertools.product(args.envs, args.seeds, args.methods):  # a stopped study has whole seeds
         pick = (tuned or {}).get(env, {}).get(method, {})
         lr, beta = pick.get("lr", args.lr), pick.get("beta")
         name = run_name(env, method, seed, lr, beta)
@@ -190,11 +190,12 @@ def select(results: list[dict]) -> dict[str, dict[str, dict]]:
     return picks
 
 
-def outcome_matrix(rows: list[dict]) -> "np.ndarray | None":
-    """seeds × tasks of final greedy outcomes (0/1), seeds in order; None when a run lacks them (older results)."""
+def outcome_matrix(rows: list[dict], at: int = -1) -> "np.ndarray | None":
+    """seeds × tasks of greedy outcomes (0/1) at evaluation ``at`` (default: the final one), seeds in order; None
+    when a run lacks them (older results)."""
     import numpy as np
 
-    outs = [r["curve"][-1].get("outcomes") for r in sorted(rows, key=lambda r: r["seed"])]
+    outs = [r["curve"][at].get("outcomes") for r in sorted(rows, key=lambda r: r["seed"])]
     if not outs or any(not o for o in outs) or len({len(o) for o in outs}) != 1:
         return None
     return np.array([[c == "1" for c in o] for o in outs], dtype=float)
@@ -255,7 +256,8 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
              "Full study: `python scripts/compare_methods.py --tune`, then `python scripts/compare_methods.py` "
              "(resumes where it stopped; `--jobs N` runs N at a time).", "",
              "Greedy held-out success of the student view. *final*: at the end of the budget, mean over seeds and test "
-             "tasks with a 95% bootstrap interval (tasks and seeds resampled); *Δ best baseline*: the paired difference "
+             "tasks with a 95% bootstrap interval (tasks and seeds resampled); *Δ start*: the paired difference against "
+             "the initial model on the same tasks; *Δ best baseline*: the paired difference "
              "against the baseline (OPSD, GRPO, RFT, SeqKD) with the highest final mean, on the same tasks and seeds; "
              "*peak*: best evaluation; *final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) "
              "until greedy success first reached L = initial success + 0.05, median over seeds that reached it (n/a: none "
@@ -271,12 +273,14 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
         best = max((m for m in BASELINES if m in by_method), key=lambda m: finals[m], default=None)
         lines += [f"## {env}", "", f"Initial greedy success {start:.3f}; level L = {level:.3f}; "
                   f"best baseline {best or 'n/a'}.", "",
-                  "| method | seeds | final [95% CI] | Δ best baseline [95% CI] | peak | final/peak | tokens to L | "
-                  "trajectories | wall s | lr | β |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | seeds | final [95% CI] | Δ start [95% CI] | Δ best baseline [95% CI] | peak | final/peak | "
+                  "tokens to L | trajectories | wall s | lr | β |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for method, mr in by_method.items():
             x = outcome_matrix(mr)
             final = _ci(bootstrap_interval(x)) if x is not None else _ms([r["curve"][-1]["success"] for r in mr])
+            x0 = outcome_matrix(mr, at=0)
+            gain = _ci(paired_difference(x, x0), signed=True) if x is not None and x0 is not None else "n/a"
             delta = "—" if method == best else "n/a"
             if best is not None and method != best:
                 a, b = _same_seeds(mr, by_method[best])
@@ -290,7 +294,7 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
             lr = sorted({r.get("lr") for r in mr if r.get("lr") is not None})
             beta = sorted({r.get("beta") for r in mr if r.get("beta") is not None})
             lines.append(
-                f"| {method} | {len(mr)} | {final} | {delta} | {_ms(peaks)} | {_ms(ratio) if ratio else 'n/a'} | "
+                f"| {method} | {len(mr)} | {final} | {gain} | {delta} | {_ms(peaks)} | {_ms(ratio) if ratio else 'n/a'} | "
                 f"{int(statistics.median(reach)) if reach else 'n/a'} ({len(reach)}/{len(mr)}) | "
                 f"{min(r['curve'][-1]['trajectories'] for r in mr)} | {statistics.mean(r['wall_s'] for r in mr):.0f} | "
                 f"{', '.join(f'{v:g}' for v in lr) or 'n/a'} | {', '.join(f'{v:g}' for v in beta) or '—'} |"

@@ -107,6 +107,7 @@ def test_rewrite_writes_the_document_from_the_raw_results_beside_it(tmp_path, ca
     assert "`python scripts/compare_methods.py --x`" in text and "best baseline GRPO" in text
     assert "| GRPO | 2 | 0.750 [" in text and "| SeqKD | 2 | 0.450 [" in text
     assert "| -0.300 [" in text  # SeqKD paired against GRPO on the same tasks and seeds
+    assert "| +0.250 [" in text and "| -0.050 [" in text  # each against the start (0.5) on the same tasks
     assert "| pbsd/MathCalc-v0 | GRPO | 0.0001 | — | 0.400 | 0.200 | 1 |" in text
     assert (tmp_path / "compare_MathCalc-v0.png").exists()
     (tmp_path / "compare_results.json").unlink()

@@ -246,11 +246,17 @@ class Parallel:
                         for k, v in s.items()}
         return {"state": state, "param_groups": sd["param_groups"]}
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group. After a finished run every rank waits for the others first: a rank that
+        tears its gloo connections down while a peer's last collective is still in flight can abort at exit
+        ("terminate called without an active exception"). After an error there is no wait: a failed peer
+        would never arrive."""
         if self._started:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if finished:
+                    dist.barrier()
                 dist.destroy_process_group()
             self._started = False
 

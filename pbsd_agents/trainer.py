@@ -122,11 +122,14 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     def train(self) -> dict:
+        finished = False
         try:
-            return self._train()
+            summary = self._train()
+            finished = True
+            return summary
         finally:
             self.log.close()  # releases the folder's lock however the run ends
-            self.parallel.close()
+            self.parallel.close(finished)
 
     def _train(self) -> dict:
         cfg, log = self.config, self.log

@@ -124,7 +124,7 @@ def run_config(args, env: str, method: str, seed: int, lr: float, beta: float | 
     algo, algo_args, per_task = METHODS[method]
     return dict(
         algo=algo, algo_args={**algo_args, **({"beta": beta} if beta is not None else {})}, env=env,
-        model=starts(args.model, args.envs)[env],
+        model=args.starts[env],
         max_trajectories=budget, steps=10**9, tasks_per_step=args.tasks_per_step, lr=lr, pass_k=1, save_every=0,
         keep_last=1, seed=seed, eval_tasks=args.eval_tasks, out=str(out), max_wall_s=args.max_wall_s,
         max_new_tokens=args.max_new_tokens, max_tokens=args.max_tokens, progress=False, device=args.device,
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
         args.eval_every, args.max_wall_s, args.tasks_per_step = 16, 60, 4
         args.tune_budget, args.val_tasks, args.tune_seeds = 16, 8, args.tune_seeds[:1]
     try:
-        starts(args.model, args.envs)
+        args.starts = starts(args.model, args.envs)  # env -> initial model, once
     except ValueError as exc:
         p.error(str(exc))
     from pbsd_agents.grid import run_grid

@@ -12,8 +12,8 @@ a procedural env by default) along the way. Each run's result is saved as it fin
 so an interrupted study resumes where it stopped. Then ``docs/RESULTS.md`` is written: per
 environment, final greedy success with a 95% interval (bootstrap over test tasks and seeds), its
 paired difference against the best baseline (same tasks, same seeds), peak, final/peak (stability),
-sampled tokens to reach a success level (token efficiency), wall time, the hyper-parameters used, and
-a PNG of the curves.
+sampled tokens to reach a success level (token efficiency), wall time, the hyper-parameters used (and
+the validation score of every setting tuned in ``<runs-dir>/tune``), and a PNG of the curves.
 
 Tuning (``--tune``): each method trains at every setting of a small grid (``--tune-lrs``, and
 ``--tune-pbsd-betas`` / ``--tune-opsd-betas`` for the methods that have a β) for ``--tune-budget``
@@ -163,6 +163,18 @@ def tune_grid(args) -> dict[str, dict]:
     return runs
 
 
+def tuning_scores(results: list[dict]) -> list[dict]:
+    """One row per tuned setting ``{env, method, lr, beta, val_success, val_success_t1, seeds}``: the final
+    validation greedy and T=1 success of its tuning runs, mean over seeds."""
+    runs: dict = {}
+    for r in results:
+        runs.setdefault((r["env"], r["method"], r["lr"], r["beta"]), []).append(r["curve"][-1])
+    return [{"env": env, "method": method, "lr": lr, "beta": beta,
+             "val_success": round(statistics.mean(c["success"] for c in ends), 4),
+             "val_success_t1": round(statistics.mean(c.get("success_t1") or 0.0 for c in ends), 4), "seeds": len(ends)}
+            for (env, method, lr, beta), ends in runs.items()]
+
+
 def select(results: list[dict]) -> dict[str, dict[str, dict]]:
     """``{env: {method: pick}}``: the same rule for every method (see the module docstring).
 
@@ -172,21 +184,13 @@ def select(results: list[dict]) -> dict[str, dict[str, dict]]:
         >>> select([r(1e-3, 0.2, 0.1), r(1e-4, 0.2, 0.1), r(3e-4, 0.1, 0.3)])["e"]["m"]["lr"]
         0.0001
     """
-    scores: dict = {}
-    for r in results:
-        key = (r["env"], r["method"], r["lr"], r["beta"])
-        scores.setdefault(key, []).append((r["curve"][-1]["success"], r["curve"][-1].get("success_t1") or 0.0))
+    def rank(row: dict) -> tuple:
+        return row["val_success"], row["val_success_t1"], -row["lr"], -(row["beta"] if row["beta"] is not None else 0.0)
+
     picks: dict = {}
-    for (env, method, lr, beta), vals in scores.items():
-        rank = (statistics.mean(v[0] for v in vals), statistics.mean(v[1] for v in vals), -lr,
-                -(beta if beta is not None else 0.0))
-        best = picks.setdefault(env, {}).get(method)
-        if best is None or rank > best["_rank"]:
-            picks[env][method] = {"lr": lr, "beta": beta, "val_success": round(rank[0], 4),
-                                  "val_success_t1": round(rank[1], 4), "seeds": len(vals), "_rank": rank}
-    for env in picks:
-        for pick in picks[env].values():
-            del pick["_rank"]
+    for row in sorted(tuning_scores(results), key=rank, reverse=True):
+        picks.setdefault(row["env"], {}).setdefault(row["method"], {k: row[k] for k in
+                                                                    ("lr", "beta", "val_success", "val_success_t1", "seeds")})
     return picks
 
 
@@ -243,7 +247,8 @@ def _same_seeds(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
     return [r for r in a if r["seed"] in seeds], [r for r in b if r["seed"] in seeds]
 
 
-def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tuned: dict | None = None) -> None:
+def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tuned: dict | None = None,
+              tuning: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,7 +268,7 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
              "until greedy success first reached L = initial success + 0.05, median over seeds that reached it (n/a: none "
              "did); *trajectories*: the fewest sampled by any seed (below the budget only where the wall-clock cap stopped "
              "a run); peak and final/peak mean ± std over seeds.", ""]
-    envs = sorted({r["env"] for r in results}, key=lambda e: ENVS.index(e) if e in ENVS else 99)
+    envs = sorted({r["env"] for r in results}, key=_env_order)
     for env in envs:
         rows = [r for r in results if r["env"] == env]
         start = statistics.mean(r["curve"][0]["success"] for r in rows)
@@ -316,16 +321,38 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
         lines += ["## Tuned hyper-parameters", "",
                   "Picked on train-split validation tasks by `--tune` (see the script's docstring for the rule).", "",
                   "| env | method | lr | β | validation greedy | validation T=1 | tuning seeds |", "|---|---|---|---|---|---|---|"]
-        for env in sorted(tuned, key=lambda e: ENVS.index(e) if e in ENVS else 99):
-            for method, pick in tuned[env].items():
-                beta = "—" if pick["beta"] is None else f"{pick['beta']:g}"
-                lines.append(f"| {env} | {method} | {pick['lr']:g} | {beta} | {pick['val_success']:.3f} | "
+        for env in sorted(tuned, key=_env_order):
+            for method, pick in sorted(tuned[env].items(), key=lambda kv: _method_order(kv[0])):
+                lines.append(f"| {env} | {method} | {pick['lr']:g} | {_beta(pick)} | {pick['val_success']:.3f} | "
                              f"{pick['val_success_t1']:.3f} | {pick['seeds']} |")
         lines.append("")
+    if tuning:  # every setting tried, so a reader sees how far apart the picks and the rest were
+        lines += ["<details><summary>Every tuning setting: validation success at the end of its tuning runs "
+                  "(✓: the setting the study ran)</summary>", "",
+                  "| env | method | lr | β | validation greedy | validation T=1 | seeds | |", "|---|---|---|---|---|---|---|---|"]
+        for row in sorted(tuning, key=lambda r: (_env_order(r["env"]), _method_order(r["method"]), r["lr"],
+                                                 r["beta"] if r["beta"] is not None else 0.0)):
+            pick = (tuned or {}).get(row["env"], {}).get(row["method"], {})
+            ran = "✓" if (pick.get("lr"), pick.get("beta")) == (row["lr"], row["beta"]) else ""
+            lines.append(f"| {row['env']} | {row['method']} | {row['lr']:g} | {_beta(row)} | {row['val_success']:.3f} | "
+                         f"{row['val_success_t1']:.3f} | {row['seeds']} | {ran} |")
+        lines += ["", "</details>", ""]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     old = out_md.read_text() if out_md.exists() else ""
     kept = old[old.index(KEEP):] if KEEP in old else KEEP + "\n"  # hand-written analysis, the investigation
     out_md.write_text("\n".join(lines) + "\n" + kept)
+
+
+def _env_order(env: str) -> int:
+    return ENVS.index(env) if env in ENVS else len(ENVS)
+
+
+def _method_order(method: str) -> int:
+    return list(METHODS).index(method) if method in METHODS else len(METHODS)
+
+
+def _beta(setting: dict) -> str:
+    return "—" if setting["beta"] is None else f"{setting['beta']:g}"
 
 
 def _ms(xs: list[float]) -> str:
@@ -375,7 +402,7 @@ def main(argv=None) -> int:
             p.error(f"--rewrite needs {raw} (written beside the document by a study)")
         meta = json.loads(meta.read_text()) if meta.exists() else {}
         summarise(json.loads(raw.read_text()), args.out, args.out.parent, meta.get("command", "unknown"),
-                  meta.get("tuned"))
+                  meta.get("tuned"), meta.get("tuning"))
         print(f"wrote {args.out}")
         return 0
     if args.quick:
@@ -408,9 +435,12 @@ def main(argv=None) -> int:
     done, failed = run_grid(grid(args, tuned), run_one, args.runs_dir / "results", jobs=args.jobs, describe=describe)
     results = [done[name] for name in sorted(done, key=lambda name: f"{name}.json")]  # the result files' order
     command = "python scripts/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    summarise(results, args.out, args.out.parent, command.strip(), tuned)
+    tune_runs = [json.loads(f.read_text()) for f in sorted((args.runs_dir / "tune" / "results").glob("*.json"))]
+    tuning = tuning_scores([r for r in tune_runs if r["env"] in args.envs and r["method"] in args.methods]) or None
+    summarise(results, args.out, args.out.parent, command.strip(), tuned, tuning)
     (args.out.parent / "compare_results.json").write_text(json.dumps(results, indent=1))  # raw, beside the document
-    (args.out.parent / "compare_meta.json").write_text(json.dumps({"command": command.strip(), "tuned": tuned}, indent=1))
+    (args.out.parent / "compare_meta.json").write_text(
+        json.dumps({"command": command.strip(), "tuned": tuned, "tuning": tuning}, indent=1))
     print(f"wrote {args.out}")
     return 1 if failed else 0
 

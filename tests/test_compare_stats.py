@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scripts.compare_methods import (KEEP, bootstrap_interval, main, outcome_matrix, paired_difference, run_name,
-                                     select, starts)
+                                     select, starts, tuning_scores)
 
 
 def outcomes(p: float, tasks: int, seed: int) -> np.ndarray:
@@ -69,6 +69,7 @@ def test_selection_is_one_rule_for_every_method():
     ]
     picks = select(results)["e"]
     assert (picks["PBSD"]["lr"], picks["PBSD"]["beta"], picks["PBSD"]["seeds"]) == (3e-4, 0.1, 2)
+    assert {(r["method"], r["lr"], r["beta"]): r["val_success"] for r in tuning_scores(results)}[("PBSD", 1e-3, 0.1)] == 0.15
     assert picks["SeqKD"]["lr"] == 3e-4 and picks["GRPO"]["lr"] == 1e-4
     assert run_name("pbsd/MathCalc-v0", "PBSD+", 2, 3e-4, 0.1) == "MathCalc-v0__PBSDplus__lr0.0003__b0.1__s2"
 
@@ -97,8 +98,10 @@ def test_rewrite_writes_the_document_from_the_raw_results_beside_it(tmp_path, ca
     (tmp_path / "compare_results.json").write_text(json.dumps(results))
     tuned = {"pbsd/MathCalc-v0": {"GRPO": {"lr": 1e-4, "beta": None, "val_success": 0.4, "val_success_t1": 0.2,
                                            "seeds": 1}}}
+    tuning = [{"env": "pbsd/MathCalc-v0", "method": "GRPO", "lr": lr, "beta": None, "val_success": v,
+               "val_success_t1": 0.2, "seeds": 1} for lr, v in ((1e-3, 0.1), (1e-4, 0.4))]
     (tmp_path / "compare_meta.json").write_text(json.dumps({"command": "python scripts/compare_methods.py --x",
-                                                            "tuned": tuned}))
+                                                            "tuned": tuned, "tuning": tuning}))
     doc = tmp_path / "RESULTS.md"
     doc.write_text("old tables\n" + KEEP + "\nthe reading, by hand\n")
     assert main(["--rewrite", "--out", str(doc)]) == 0
@@ -109,6 +112,8 @@ def test_rewrite_writes_the_document_from_the_raw_results_beside_it(tmp_path, ca
     assert "| -0.300 [" in text  # SeqKD paired against GRPO on the same tasks and seeds
     assert "| +0.250 [" in text and "| -0.050 [" in text  # each against the start (0.5) on the same tasks
     assert "| pbsd/MathCalc-v0 | GRPO | 0.0001 | — | 0.400 | 0.200 | 1 |" in text
+    # every tuning setting, lowest rate first, the one the study ran marked
+    assert "| GRPO | 0.0001 | — | 0.400 | 0.200 | 1 | ✓ |\n| pbsd/MathCalc-v0 | GRPO | 0.001 | — | 0.100 | 0.200 | 1 |  |" in text
     assert (tmp_path / "compare_MathCalc-v0.png").exists()
     (tmp_path / "compare_results.json").unlink()
     with pytest.raises(SystemExit):

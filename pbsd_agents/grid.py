@@ -3,7 +3,8 @@
 A grid is an ordered mapping ``name -> spec``; a study supplies ``run(spec) -> result`` (a dict),
 usually built on :func:`train`. :func:`run_grid` saves each run's result as ``<results_dir>/<name>.json``
 the moment it finishes, so a rerun skips the finished runs and retries the failed or interrupted
-ones. ``jobs > 1`` runs that many at a time, each in its own spawned process on one torch thread.
+ones. ``jobs > 1`` runs that many at a time, each in its own spawned process; every run, in a process of its own
+or not, gets one torch thread.
 
 Example:
     >>> import tempfile
@@ -69,13 +70,17 @@ def run_grid(runs: Mapping[str, Any], run: Callable[[Any], dict], results_dir: s
         say(f"[{n_done}/{len(runs)}] " + (describe(name, result) if describe else name))
 
     if jobs == 1:
-        for name in left:
-            try:
-                result = run(runs[name])
-            except Exception as exc:
-                finished(name, None, exc)
-            else:
-                finished(name, result, None)
+        threads = _one_thread()  # as in the parallel case, so a run's wall time means the same with any --jobs
+        try:
+            for name in left:
+                try:
+                    result = run(runs[name])
+                except Exception as exc:
+                    finished(name, None, exc)
+                else:
+                    finished(name, result, None)
+        finally:
+            _one_thread(threads)
     elif left:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -92,10 +97,13 @@ def run_grid(runs: Mapping[str, Any], run: Callable[[Any], dict], results_dir: s
     return results, failed
 
 
-def _one_thread() -> None:
-    """Runs in parallel processes get one core each, not all cores each."""
+def _one_thread(n: int | None = 1) -> int | None:
+    """Each run gets one core, not all cores each (``n`` torch threads); returns the count it replaced."""
     try:
         import torch
     except ImportError:
-        return
-    torch.set_num_threads(1)
+        return None
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    return old

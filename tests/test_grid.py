@@ -8,6 +8,12 @@ from pbsd_agents.cli.common import parse_kv
 from pbsd_agents.grid import run_grid
 
 
+def threads(spec: dict) -> dict:
+    import torch
+
+    return {"threads": torch.get_num_threads()}
+
+
 def square(spec: dict) -> dict:
     if spec.get("fail"):
         raise RuntimeError("broken run")
@@ -28,6 +34,19 @@ def test_results_are_saved_per_run_and_a_rerun_retries_only_the_failed(tmp_path,
     results, failed = run_grid(runs, square, tmp_path, jobs=jobs)
     assert "2 of 3 runs already done; 1 to run" in capsys.readouterr().out
     assert failed == [] and results == {"a": {"x": 2, "y": "kept"}, "b": {"x": 3, "y": 9}, "c": {"x": 4, "y": 16}}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_run_gets_one_thread_and_the_caller_keeps_its_own(tmp_path, jobs):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results, _ = run_grid({"a": {}, "b": {}}, threads, tmp_path, jobs=jobs, quiet=True)
+        assert results == {"a": {"threads": 1}, "b": {"threads": 1}} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_parse_kv_reads_yaml_values_and_names_the_flag():

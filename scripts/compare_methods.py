@@ -390,7 +390,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process on one thread")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each on one torch thread (in a process of its own when more than 1)")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")

@@ -188,9 +188,9 @@ def select(results: list[dict]) -> dict[str, dict[str, dict]]:
         return row["val_success"], row["val_success_t1"], -row["lr"], -(row["beta"] if row["beta"] is not None else 0.0)
 
     picks: dict = {}
-    for row in sorted(tuning_scores(results), key=rank, reverse=True):
-        picks.setdefault(row["env"], {}).setdefault(row["method"], {k: row[k] for k in
-                                                                    ("lr", "beta", "val_success", "val_success_t1", "seeds")})
+    for row in sorted(tuning_scores(results), key=rank, reverse=True):  # the best row of each method comes first
+        pick = {k: v for k, v in row.items() if k not in ("env", "method")}
+        picks.setdefault(row["env"], {}).setdefault(row["method"], pick)
     return picks
 
 
@@ -329,7 +329,8 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
     if tuning:  # every setting tried, so a reader sees how far apart the picks and the rest were
         lines += ["<details><summary>Every tuning setting: validation success at the end of its tuning runs "
                   "(✓: the setting the study ran)</summary>", "",
-                  "| env | method | lr | β | validation greedy | validation T=1 | seeds | |", "|---|---|---|---|---|---|---|---|"]
+                  "| env | method | lr | β | validation greedy | validation T=1 | seeds | |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in sorted(tuning, key=lambda r: (_env_order(r["env"]), _method_order(r["method"]), r["lr"],
                                                  r["beta"] if r["beta"] is not None else 0.0)):
             pick = (tuned or {}).get(row["env"], {}).get(row["method"], {})
@@ -390,7 +391,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "compare")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each on one torch thread (in a process of its own when more than 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each on one torch thread (in a process of its own when more than 1)")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")

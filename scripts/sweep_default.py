@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-wall-s", type=float, default=0, help="training wall-clock cap per run (0: the train default)")
     p.add_argument("--algo-arg", action="append", default=[], metavar="K=V", help="extra PBSD option for every run (repeatable)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweep")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each on one torch thread (in a process of its own when more than 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each on one torch thread (in a process of its own when more than 1)")
     args = p.parse_args(argv)
 
     from pbsd_agents.algorithms.pbsd import PBSDConfig

@@ -69,7 +69,8 @@ def test_selection_is_one_rule_for_every_method():
     ]
     picks = select(results)["e"]
     assert (picks["PBSD"]["lr"], picks["PBSD"]["beta"], picks["PBSD"]["seeds"]) == (3e-4, 0.1, 2)
-    assert {(r["method"], r["lr"], r["beta"]): r["val_success"] for r in tuning_scores(results)}[("PBSD", 1e-3, 0.1)] == 0.15
+    scores = {(r["method"], r["lr"], r["beta"]): r["val_success"] for r in tuning_scores(results)}
+    assert scores[("PBSD", 1e-3, 0.1)] == 0.15  # the mean over seeds
     assert picks["SeqKD"]["lr"] == 3e-4 and picks["GRPO"]["lr"] == 1e-4
     assert run_name("pbsd/MathCalc-v0", "PBSD+", 2, 3e-4, 0.1) == "MathCalc-v0__PBSDplus__lr0.0003__b0.1__s2"
 
@@ -113,7 +114,8 @@ def test_rewrite_writes_the_document_from_the_raw_results_beside_it(tmp_path, ca
     assert "| +0.250 [" in text and "| -0.050 [" in text  # each against the start (0.5) on the same tasks
     assert "| pbsd/MathCalc-v0 | GRPO | 0.0001 | — | 0.400 | 0.200 | 1 |" in text
     # every tuning setting, lowest rate first, the one the study ran marked
-    assert "| GRPO | 0.0001 | — | 0.400 | 0.200 | 1 | ✓ |\n| pbsd/MathCalc-v0 | GRPO | 0.001 | — | 0.100 | 0.200 | 1 |  |" in text
+    assert ("| GRPO | 0.0001 | — | 0.400 | 0.200 | 1 | ✓ |\n"
+            "| pbsd/MathCalc-v0 | GRPO | 0.001 | — | 0.100 | 0.200 | 1 |  |") in text
     assert (tmp_path / "compare_MathCalc-v0.png").exists()
     (tmp_path / "compare_results.json").unlink()
     with pytest.raises(SystemExit):

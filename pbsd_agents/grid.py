@@ -29,10 +29,15 @@ def train(config: dict) -> tuple[dict, float]:
     """Train one run from ``TrainConfig`` fields; returns ``(summary, wall seconds)``.
 
     The run folder (``config["out"]``) is started afresh: a run without a saved result was interrupted.
+    Without a ``threads`` of its own the run keeps the torch threads :func:`run_grid` gave it (one): the
+    trainer's automatic count would see the cores idle at the moment the runs of a grid start together,
+    and each run would take every core.
     """
+    import torch
+
     from .trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig.from_dict(config)
+    cfg = TrainConfig.from_dict({"threads": torch.get_num_threads(), **config})
     if cfg.out and Path(cfg.out).exists():
         shutil.rmtree(cfg.out)
     t0 = time.time()

@@ -5,12 +5,19 @@ import json
 import pytest
 
 from pbsd_agents.cli.common import parse_kv
-from pbsd_agents.grid import run_grid
+from pbsd_agents.grid import run_grid, train
 
 
 def threads(spec: dict) -> dict:
     import torch
 
+    return {"threads": torch.get_num_threads()}
+
+
+def train_threads(config: dict) -> dict:
+    import torch
+
+    train(config)
     return {"threads": torch.get_num_threads()}
 
 
@@ -47,6 +54,17 @@ def test_every_run_gets_one_thread_and_the_caller_keeps_its_own(tmp_path, jobs):
         assert results == {"a": {"threads": 1}, "b": {"threads": 1}} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_grid_run_trains_on_its_one_thread_unless_its_config_says_otherwise(tmp_path, tiny_model, monkeypatch):
+    # when a grid's runs start together, each sees the cores idle: the trainer's automatic count would give each all
+    monkeypatch.setattr("pbsd_agents.loading.idle_cores", lambda: 2)
+    config = dict(model=tiny_model, env="pbsd/MathCalc-v0", steps=1, tasks_per_step=1, eval_tasks=1, max_new_tokens=4,
+                  max_tokens=16, save_every=0, progress=False)
+    runs = {"auto": {**config, "out": str(tmp_path / "auto")},
+            "two": {**config, "threads": 2, "out": str(tmp_path / "two")}}
+    results, failed = run_grid(runs, train_threads, tmp_path / "results", quiet=True)
+    assert failed == [] and results == {"auto": {"threads": 1}, "two": {"threads": 2}}
 
 
 def test_parse_kv_reads_yaml_values_and_names_the_flag():

@@ -267,7 +267,8 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
              "*peak*: best evaluation; *final/peak*: stability; *tokens to L*: sampled tokens (teacher samples included) "
              "until greedy success first reached L = initial success + 0.05, median over seeds that reached it (n/a: none "
              "did); *trajectories*: the fewest sampled by any seed (below the budget only where the wall-clock cap stopped "
-             "a run); peak and final/peak mean ± std over seeds.", ""]
+             "a run); *wall s*: a run's wall time, evaluations included, median over seeds (one slow run does not move it); "
+             "peak and final/peak mean ± std over seeds.", ""]
     envs = sorted({r["env"] for r in results}, key=_env_order)
     for env in envs:
         rows = [r for r in results if r["env"] == env]
@@ -301,7 +302,7 @@ def summarise(results: list[dict], out_md: Path, fig_dir: Path, command: str, tu
             lines.append(
                 f"| {method} | {len(mr)} | {final} | {gain} | {delta} | {_ms(peaks)} | {_ms(ratio) if ratio else 'n/a'} | "
                 f"{int(statistics.median(reach)) if reach else 'n/a'} ({len(reach)}/{len(mr)}) | "
-                f"{min(r['curve'][-1]['trajectories'] for r in mr)} | {statistics.mean(r['wall_s'] for r in mr):.0f} | "
+                f"{min(r['curve'][-1]['trajectories'] for r in mr)} | {statistics.median(r['wall_s'] for r in mr):.0f} | "
                 f"{', '.join(f'{v:g}' for v in lr) or 'n/a'} | {', '.join(f'{v:g}' for v in beta) or '—'} |"
             )
             xs = [c["trajectories"] for c in mr[0]["curve"]]

@@ -75,7 +75,7 @@ def run_grid(runs: Mapping[str, Any], run: Callable[[Any], dict], results_dir: s
         say(f"[{n_done}/{len(runs)}] " + (describe(name, result) if describe else name))
 
     if jobs == 1:
-        threads = _one_thread()  # as in the parallel case, so a run's wall time means the same with any --jobs
+        threads = _set_threads(1)  # as in the parallel case, so a run's wall time means the same with any --jobs
         try:
             for name in left:
                 try:
@@ -85,13 +85,14 @@ def run_grid(runs: Mapping[str, Any], run: Callable[[Any], dict], results_dir: s
                 else:
                     finished(name, result, None)
         finally:
-            _one_thread(threads)
+            _set_threads(threads)
     elif left:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # spawn, not fork: a forked child inherits torch's thread-pool state and can hang
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_set_threads,
+                                 initargs=(1,)) as pool:
             futures = {pool.submit(run, runs[name]): name for name in left}
             for f in as_completed(futures):
                 error = f.exception()
@@ -102,8 +103,9 @@ def run_grid(runs: Mapping[str, Any], run: Callable[[Any], dict], results_dir: s
     return results, failed
 
 
-def _one_thread(n: int | None = 1) -> int | None:
-    """Each run gets one core, not all cores each (``n`` torch threads); returns the count it replaced."""
+def _set_threads(n: int | None) -> int | None:
+    """Give this process ``n`` torch threads (a run gets one core, not all cores each); returns the count it
+    replaced. ``None``, or no torch, changes nothing."""
     try:
         import torch
     except ImportError:

@@ -6,22 +6,26 @@ arithmetic of a small model. :class:`CachedDecoder` runs the model's own modules
 projections, rotary embedding, MLP: so LoRA adapters, ``disable_adapter`` and any dtype behave as in
 the model) layer by layer, with a key/value cache allocated once per batch and written in place.
 
-Supported: decoders laid out like Llama (Llama, Qwen2, Qwen3, Mistral without sliding windows,
-SmolLM2...): ``embed_tokens``, ``layers[i].{input_layernorm, self_attn.{q,k,v,o}_proj[, q_norm,
-k_norm], post_attention_layernorm, mlp}``, ``norm``, ``rotary_emb``. :func:`supports` says whether
-a model is one; the engine falls back to ``generate`` otherwise.
+Supported: the model types in ``LLAMA_LIKE`` (Llama, Mistral without sliding windows, Qwen2, Qwen3;
+SmolLM2 is a Llama), laid out as ``embed_tokens``, ``layers[i].{input_layernorm, self_attn.{q,k,v,o}_proj[,
+q_norm, k_norm], post_attention_layernorm, mlp}``, ``norm``, ``rotary_emb``. :func:`supports` says
+whether a model is one; the engine falls back to ``generate`` otherwise.
 
 Rows are left-padded to a common width, so every row writes the same cache column at each step;
-padded keys are masked. Identical prompts (the k samples of one task) are prefilled once and their
-cache rows copied. Rows that have stopped are dropped from the batch once half of it has stopped;
-the columns they wrote are copied out, so the larger cache is freed as the live rows move on.
-The key/values of every decoded row are kept until the next call (:meth:`CachedDecoder.new_call`):
-a prompt there that extends one of those sequences (a multi-turn episode's next turn: its context,
-the turn just generated, then the observation) copies them and computes only the rest.
+padded keys are masked. The prefill runs the prompt tokens flat, without the padding (the linear
+maps see only real tokens; attention runs row by row). Identical prompts (the k samples of one task)
+are prefilled once and their cache rows copied; a prefix that every prompt shares (a system prompt,
+the tool list) is computed once and copied into each row. Rows that have stopped are dropped from
+the batch once half of it has stopped; the columns they wrote are copied out, so the larger cache
+is freed as the live rows move on. The key/values of every decoded row are kept until the next call
+(:meth:`CachedDecoder.new_call`): a prompt there that extends one of those sequences (a multi-turn
+episode's next turn: its context, the turn just generated, then the observation) copies them and
+computes only the rest.
 
-The step runs eager: with the embedded model at batch 16 on a CPU (torch 2.13, inductor), a
-step compiled with ``torch.compile`` measured 7x slower per token than the same step eager, and
-compiled layers (cache writes left eager) 1.3x slower.
+A decode step runs the layers on ``[batch, hidden]`` with fused projections and norm weights folded
+into them (see ``_Layer``); it runs eager: with the embedded model at batch 16 on a CPU (torch 2.13,
+inductor), a step compiled with ``torch.compile`` measured 7x slower per token than the same step
+eager, and compiled layers (cache writes left eager) 1.3x slower.
 
 Example:
     >>> import torch
@@ -66,12 +70,19 @@ def _parts(model):
     return decoder, head
 
 
+# Model types that compute exactly what this module does: Gemma, for one, has the same module names
+# but scales its embeddings and its norm weights, so matching names is not enough.
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+
+
 def supports(model) -> bool:
     """Whether :class:`CachedDecoder` can run ``model`` (a Llama-style decoder with full attention)."""
     decoder, _ = _parts(model)
     if decoder is None:
         return False
     config = decoder.config
+    if getattr(config, "model_type", None) not in LLAMA_LIKE:
+        return False
     if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
         return False  # sliding-window layers need a rolling cache
     if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
@@ -81,6 +92,7 @@ def supports(model) -> bool:
 
 # rotary types whose cos/sin depend on the position only (not on how long the sequence gets)
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+SHARED_PREFIX_MIN = 16  # shorter prefixes shared between prompts are not worth a separate pass
 PREFILL_FLOATS = 2**26  # the prefill runs in row chunks whose largest transient stays under this (256 MB in float32)
 
 
@@ -89,44 +101,68 @@ def _plain_linear(module) -> bool:
 
 
 def _rms_eps(module) -> float | None:
-    """The epsilon of a plain RMSNorm module (computed here in one fused op), None for anything else."""
+    """The epsilon of a plain RMSNorm module (``x / rms(x) * weight``), None for anything else."""
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
     plain = type(module).__name__.endswith("RMSNorm") and isinstance(getattr(module, "weight", None), torch.Tensor)
     return float(eps) if plain and isinstance(eps, float) else None
 
 
-class _Layer:
-    """One decoder layer's modules, with its projections fused where they are plain linear maps.
+def _silu(module) -> bool:
+    return type(module).__name__ in ("SiLU", "SiLUActivation")
 
-    Fusing q/k/v (and gate/up) turns seven matrix products per layer into four; for a small model,
-    whose every op costs more in dispatch than in arithmetic, that is most of a decode step. The fused
-    weights are copies, rebuilt when the weights have changed (an optimizer step, a load).
+
+class _Layer:
+    """One decoder layer's modules, run on flat hidden states ``[tokens, hidden]``.
+
+    Where the projections are plain linear maps, q/k/v (and gate/up) are fused into one product each,
+    and in float32 the RMSNorm weights before them are folded into those fused weights
+    (``W (w * x) = (W diag w) x``), which leaves a weightless normalisation of a few ops: for a small
+    model, whose every op costs more in dispatch than in arithmetic, this is most of a decode step.
+    The fused weights are copies, rebuilt when the weights have changed (an optimizer step, a load).
     """
 
-    def __init__(self, layer, fuse: bool):
+    def __init__(self, layer, fuse: bool, shape: tuple[int, int, int]):
         self.layer, self.attn, self.mlp = layer, layer.self_attn, layer.mlp
+        self.nq, self.nkv, self.head_dim = shape
         a, m = self.attn, self.mlp
+        self.scale = a.scaling
+        self.q_norm = getattr(a, "q_norm", None)  # Qwen3: a norm on each head before the rotation
+        self.k_norm = getattr(a, "k_norm", None)
         qkv = (a.q_proj, a.k_proj, a.v_proj)
         # fused only when every part is a plain map and their biases are all there or all absent
         self.fuse_qkv = fuse and all(map(_plain_linear, qkv)) and len({x.bias is None for x in qkv}) == 1
         self.fuse_mlp = fuse and all(hasattr(m, x) for x in ("gate_proj", "up_proj", "down_proj", "act_fn")) \
             and all(_plain_linear(x) and x.bias is None for x in (m.gate_proj, m.up_proj))
+        self.act = F.silu if self.fuse_mlp and _silu(m.act_fn) else getattr(m, "act_fn", None)
         self.norm_eps = (_rms_eps(layer.input_layernorm), _rms_eps(layer.post_attention_layernorm))
-        self.qkv_w = self.qkv_b = self.gate_up_w = None
+        self.plain_o = _plain_linear(a.o_proj) and a.o_proj.bias is None
+        self.plain_down = self.fuse_mlp and _plain_linear(m.down_proj) and m.down_proj.bias is None
+        self.qkv_w = self.qkv_b = self.gate_up_w = self.o_w = self.down_w = None
+        self.fold = (False, False)
 
     def refresh(self) -> None:
-        """Build the fused weights from the current ones."""
-        a, m = self.attn, self.mlp
+        """Build the fused weights (norm weights folded in, where they are) from the current ones."""
+        a, m, layer = self.attn, self.mlp, self.layer
+        f32 = layer.input_layernorm.weight.dtype == torch.float32
+        self.o_w = a.o_proj.weight.detach().t() if self.plain_o else None
+        self.down_w = m.down_proj.weight.detach().t() if self.plain_down else None
+        self.fold = (self.fuse_qkv and f32 and self.norm_eps[0] is not None and a.q_proj.weight.dtype == torch.float32,
+                     self.fuse_mlp and f32 and self.norm_eps[1] is not None and m.gate_proj.weight.dtype == torch.float32)
         if self.fuse_qkv:
-            self.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+            w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+            self.qkv_w = w * layer.input_layernorm.weight.detach() if self.fold[0] else w
             if a.q_proj.bias is not None:
                 self.qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
         if self.fuse_mlp:
-            self.gate_up_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+            w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+            self.gate_up_w = w * layer.post_attention_layernorm.weight.detach() if self.fold[1] else w
 
     def norm(self, which: int, x):
-        module = (self.layer.input_layernorm, self.layer.post_attention_layernorm)[which]
+        """The layer's norm ``which`` (0: before attention, 1: before the MLP); weightless when folded."""
         eps = self.norm_eps[which]
+        if self.fold[which]:
+            return x * x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+        module = (self.layer.input_layernorm, self.layer.post_attention_layernorm)[which]
         if eps is None or x.dtype != torch.float32:  # other dtypes: the module's own up-cast arithmetic
             return module(x)
         return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
@@ -136,11 +172,35 @@ class _Layer:
         """``module(x)``; for a plain linear map, without the module call's hooks machinery."""
         return F.linear(x, module.weight, module.bias) if _plain_linear(module) else module(x)
 
-    def mlp_forward(self, x):
+    def qkv(self, h, cos, sin):
+        """Rotated queries ``[N, nq, d]``, keys and values ``[N, nkv, d]`` of hidden states ``h [N, hidden]``;
+        ``cos`` and ``sin`` (the latter with rotate_half's sign folded in) are ``[N, 1, d]``."""
+        n, nq, nkv, d = len(h), self.nq, self.nkv, self.head_dim
+        x = self.norm(0, h)
+        half = d // 2
+        if self.fuse_qkv:
+            qkv = F.linear(x, self.qkv_w, self.qkv_b).view(n, nq + 2 * nkv, d)
+            if self.q_norm is None:  # rotate queries and keys in one go
+                qk = qkv[:, : nq + nkv]
+                qk = qk * cos + qk.roll(half, -1) * sin
+                return qk[:, :nq], qk[:, nq:], qkv[:, nq + nkv:]
+            q, k, v = qkv.split((nq, nkv, nkv), dim=1)
+        else:
+            a = self.attn
+            q, k, v = (self.linear(m, x).view(n, -1, d) for m in (a.q_proj, a.k_proj, a.v_proj))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q * cos + q.roll(half, -1) * sin, k * cos + k.roll(half, -1) * sin, v
+
+    def finish(self, h, out):
+        """The rest of the layer after attention: output projection, residual, MLP, residual."""
+        h = torch.addmm(h, out, self.o_w) if self.o_w is not None else h + self.linear(self.attn.o_proj, out)
+        x = self.norm(1, h)
         if not self.fuse_mlp:
-            return self.mlp(x)
+            return h + self.mlp(x)
         gate, up = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
-        return self.linear(self.mlp.down_proj, self.mlp.act_fn(gate) * up)
+        act = self.act(gate) * up
+        return torch.addmm(h, act, self.down_w) if self.down_w is not None else h + self.linear(self.mlp.down_proj, act)
 
 
 @dataclass
@@ -175,65 +235,25 @@ class CachedDecoder:
         self.intermediate = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         if fuse is None:
             fuse = sum(p.numel() * p.element_size() for p in decoder.layers.parameters()) < 256 * 2**20
-        self.layers = [_Layer(layer, fuse) for layer in decoder.layers]
+        self.layers = [_Layer(layer, fuse, (self.num_heads, self.num_kv_heads, self.head_dim))
+                       for layer in decoder.layers]
         self.params = list(model.parameters())
         self._kept: list[_Kept] = []  # reusable by this call
         self._next: list[_Kept] = []  # made by this call, reusable by the next
         self._weights_stamp: tuple | None = None  # tensor versions of the weights at the last check
         self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
         self._rope = None  # cos and signed sin by position, made per call
-
-    def _layer(self, i, lay: _Layer, h, cos, sin, mask, cache, col: int, write):
-        """One decoder layer over columns ``[col, col + width)``; their keys/values go into ``cache``
-        (only where ``write`` is true, when given: the other columns hold kept key/values)."""
-        attn = lay.attn
-        batch, width, _ = h.shape
-        x = lay.norm(0, h)
-        nq, nkv = self.num_heads, self.num_kv_heads
-        if lay.fuse_qkv:
-            qkv = F.linear(x, lay.qkv_w, lay.qkv_b).view(batch, width, nq + 2 * nkv, self.head_dim).transpose(1, 2)
-            q, k, v = qkv.split((nq, nkv, nkv), dim=1)
-        else:
-            q = attn.q_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(batch, width, -1, self.head_dim).transpose(1, 2)
-        # the rotary embedding: x*cos + rotate_half(x)*sin, with rotate_half's sign folded into ``sin``
-        half = self.head_dim // 2
-        if hasattr(attn, "q_norm"):  # Qwen3: norms on each head before the rotation
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        elif lay.fuse_qkv:  # rotate queries and keys in one go
-            qk = qkv[:, : nq + nkv]
-            qk = qk * cos + qk.roll(half, -1) * sin
-            q, k = qk.split((nq, nkv), dim=1)
-        if not lay.fuse_qkv or hasattr(attn, "q_norm"):
-            q = q * cos + q.roll(half, -1) * sin
-            k = k * cos + k.roll(half, -1) * sin
-        keys, values = cache[i]
-        end = col + width
-        if write is None:
-            keys[:, :, col:end], values[:, :, col:end] = k, v
-        else:
-            keys[:, :, col:end] = torch.where(write, k, keys[:, :, col:end])
-            values[:, :, col:end] = torch.where(write, v, values[:, :, col:end])
-        if mask.dtype == torch.bool:  # a block of queries (prefill)
-            out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
-                                                 scale=attn.scaling, enable_gqa=nkv != nq)
-        else:  # one query per row: two batched products read the cache once (faster than SDPA's kernel here)
-            qg = q.reshape(batch, nkv, nq // nkv, self.head_dim)  # the query heads of each key/value head together
-            scores = torch.matmul(qg, keys[:, :, :end].transpose(2, 3)) * attn.scaling + mask
-            out = torch.matmul(scores.softmax(-1), values[:, :, :end]).view(batch, nq, 1, self.head_dim)
-        h = h + lay.linear(attn.o_proj, out.transpose(1, 2).reshape(batch, width, -1))
-        return h + lay.mlp_forward(lay.norm(1, h))
+        self._final_eps = _rms_eps(decoder.norm)
 
     def _rotary(self, h, positions):
-        """``(cos, signed sin)`` at ``positions``, ``[B, 1, W, head_dim]``: from the table made for this
-        call when the rotary embedding does not depend on the sequence length, else computed now."""
+        """``(cos, signed sin)`` at flat ``positions [N]``, ``[N, 1, head_dim]``: from the table made for
+        this call when the rotary embedding does not depend on the sequence length, else computed now."""
         if self._rope is not None:
             cos, sin = self._rope[0][positions], self._rope[1][positions]
         else:
-            cos, sin = self.decoder.rotary_emb(h, positions)
-            sin = torch.cat((-sin[..., : self.head_dim // 2], sin[..., self.head_dim // 2:]), dim=-1)
-        return cos.unsqueeze(1), sin.unsqueeze(1)
+            cos, sin = self.decoder.rotary_emb(h[None], positions[None])
+            cos, sin = cos[0], torch.cat((-sin[0, :, : self.head_dim // 2], sin[0, :, self.head_dim // 2:]), dim=-1)
+        return cos[:, None], sin[:, None]
 
     def _rope_table(self, size: int, dtype, device):
         """cos and signed sin for positions ``0..size-1`` (``None`` for length-dependent rotary types)."""
@@ -244,22 +264,74 @@ class CachedDecoder:
         half = self.head_dim // 2
         return cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
-    def _forward(self, ids, positions, mask, cache, col: int, write=None):
-        """Run ``ids`` (the columns from ``col`` on) and return the last column's hidden states ``[B, hidden]``."""
+    def _final_norm(self, h):
+        return F.rms_norm(h, (h.shape[-1],), self.decoder.norm.weight, self._final_eps) \
+            if self._final_eps is not None and h.dtype == torch.float32 else self.decoder.norm(h)
+
+    def _step(self, token, positions, bias, cache, col: int):
+        """One decode step: each row's ``token [B]`` at column ``col`` (its key/values written there);
+        ``bias [B, 1, 1, col + 1]`` is added to the attention scores (-inf on padding). Returns the
+        final hidden states ``[B, hidden]``."""
+        h = self.decoder.embed_tokens(token)
+        cos, sin = self._rotary(h, positions)
+        batch, end = len(token), col + 1
+        for lay, (keys, values) in zip(self.layers, cache):
+            q, k, v = lay.qkv(h, cos, sin)
+            keys[:, :, col], values[:, :, col] = k, v
+            # one query per row: two batched products read the cache once (faster than SDPA's kernel here)
+            qg = q.reshape(batch, self.num_kv_heads, -1, self.head_dim)  # the query heads of each key/value head together
+            scores = torch.add(bias, torch.matmul(qg, keys[:, :, :end].transpose(2, 3)), alpha=lay.scale)
+            out = torch.matmul(scores.softmax(-1), values[:, :, :end]).view(batch, -1)
+            h = lay.finish(h, out)
+        return self._final_norm(h)
+
+    def _prefill(self, ids, positions, segments, cache):
+        """Run the prompt tokens ``ids [N]`` (flat, no padding) and write their key/values.
+
+        ``segments`` are ``(row, col, n, first)``: the next ``n`` tokens are row ``row``'s columns
+        ``[col, col + n)``, and attend to its columns from ``first`` on (the kept ones before ``col``
+        are in the cache already). Returns the final hidden state of each segment's last token.
+        """
         h = self.decoder.embed_tokens(ids)
         cos, sin = self._rotary(h, positions)
-        for i, lay in enumerate(self.layers):
-            h = self._layer(i, lay, h, cos, sin, mask, cache, col, write)
-        return self.decoder.norm(h[:, -1])
+        offsets, masks, off = [], [], 0
+        for _, col, n, first in segments:
+            offsets.append(off)
+            off += n
+            # causal with ``col - first`` kept keys before the first query (None: plain causal, its faster kernel)
+            masks.append(None if col == first else
+                         torch.arange(col + n - first, device=ids.device)[None] <= torch.arange(n, device=ids.device)[:, None] + (col - first))
+        gqa = self.num_kv_heads != self.num_heads
+        for lay, (keys, values) in zip(self.layers, cache):
+            q, k, v = lay.qkv(h, cos, sin)
+            outs = []
+            for (row, col, n, first), o, mask in zip(segments, offsets, masks):
+                keys[row, :, col:col + n] = k[o:o + n].transpose(0, 1)
+                values[row, :, col:col + n] = v[o:o + n].transpose(0, 1)
+                out = F.scaled_dot_product_attention(
+                    q[o:o + n].transpose(0, 1)[None], keys[row:row + 1, :, first:col + n],
+                    values[row:row + 1, :, first:col + n], attn_mask=mask, is_causal=mask is None,
+                    scale=lay.scale, enable_gqa=gqa)
+                outs.append(out[0].transpose(0, 1).reshape(n, -1))
+            h = lay.finish(h, torch.cat(outs) if len(outs) > 1 else outs[0])
+        last = torch.tensor([o + n - 1 for o, (_, _, n, _) in zip(offsets, segments)], device=ids.device)
+        return self._final_norm(h[last])
 
-    def _prefill_chunks(self, batch: int, queries: int, keys: int) -> list[tuple[int, int]]:
-        """Row ranges for the prefill, each holding at most ``PREFILL_FLOATS`` of its largest transient
-        (the MLP's hidden layer or the attention scores), which grow with the batch: with SmolLM2-135M's
-        shapes, 16 prompts of 820 tokens in two chunks peaked 1.00 GB above the weights instead of
-        1.18 GB, at the same speed. (The key/value cache, not this, is most of a long eval's memory.)"""
-        per_row = max(1, queries * max(self.intermediate, self.num_heads * keys))
-        rows = max(1, PREFILL_FLOATS // per_row)
-        return [(a, min(a + rows, batch)) for a in range(0, batch, rows)]
+    def _prefill_chunks(self, segments: list[tuple]) -> list[list[tuple]]:
+        """The segments in consecutive groups, each holding at most ``PREFILL_FLOATS`` of its largest
+        transient (the MLP's hidden layer over its tokens, or one row's attention scores): with
+        SmolLM2-135M's shapes, 16 prompts of 820 tokens in two chunks peaked 1.00 GB above the weights
+        instead of 1.18 GB, at the same speed. (The key/value cache, not this, is most of a long eval's memory.)"""
+        chunks, size = [[]], 0
+        for seg in segments:
+            _, col, n, first = seg
+            cost = n * max(self.intermediate, self.num_heads * (col + n - first))
+            if chunks[-1] and size + cost > PREFILL_FLOATS:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(seg)
+            size += cost
+        return chunks
 
     # ---- key/values kept between calls -------------------------------------------------------------
 
@@ -323,37 +395,39 @@ class CachedDecoder:
         # zeros, not empty: padding columns are read (with zero weight) and must hold finite numbers
         cache = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                  for _ in self.layers]
-        ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        valid = torch.zeros((batch, total), dtype=torch.bool)
-        kept = torch.zeros((batch, width), dtype=torch.bool)
-        fresh = width  # the first column some row must compute
-        for r, (p, (n, entry)) in enumerate(zip(firsts, reuse)):
-            start = width - len(p)
-            ids[r, start:] = torch.tensor(p, dtype=torch.long)
-            valid[r, start:] = True
-            fresh = min(fresh, start + n)
+        starts = [width - len(p) for p in firsts]  # rows are left-padded: a prompt ends at column ``width``
+        have = [n for n, _ in reuse]  # each prompt's leading tokens whose key/values are in the cache
+        for r, (n, entry) in enumerate(reuse):
             if n:
-                kept[r, start:start + n] = True
-                for (k, v), (ek, ev) in zip(cache, entry.cache):
-                    k[r, :, start:start + n] = ek[entry.row, :, entry.start:entry.start + n]
-                    v[r, :, start:start + n] = ev[entry.row, :, entry.start:entry.start + n]
-        ids, valid, kept = ids.to(device), valid.to(device), kept.to(device)
-        self.reused_tokens += sum(n for n, _ in reuse)
-        self.prefill_tokens += sum(len(p) - n for p, (n, _) in zip(firsts, reuse))
-        lengths = valid[:, :width].sum(1)
-        positions = (valid[:, :width].long().cumsum(1) - 1).clamp(min=0)
-        self._rope = self._rope_table(max(len(p) for p in firsts) + max_new_tokens, dtype, device)
-        # columns [fresh, width) are computed; each query sees its row's tokens up to itself, a padded one itself only
-        q_cols = torch.arange(fresh, width, device=device)[:, None]
-        k_cols = torch.arange(width, device=device)[None, :]
-        mask = ((k_cols <= q_cols) & valid[:, None, :width]) | (k_cols == q_cols)
-        write = (~kept[:, fresh:])[:, None, :, None] if bool(kept[:, fresh:].any()) else None
-        hidden = torch.cat([self._forward(ids[a:b, fresh:], positions[a:b, fresh:], mask[a:b, None],
-                                          [(k[a:b], v[a:b]) for k, v in cache], fresh,
-                                          None if write is None else write[a:b])
-                            for a, b in self._prefill_chunks(batch, width - fresh, width)])
+                self._copy_in(cache, r, starts[r], entry.cache, entry.row, entry.start, n)
+        self.reused_tokens += sum(have)
+        self._rope = self._rope_table(total, dtype, device)
+        shared = self._shared_prefix(firsts, have)
+        if shared:  # computed once, copied into every row that lacks it
+            n = len(shared)
+            part = [(torch.zeros((1, *shape[1:2], n, shape[3]), dtype=dtype, device=device),
+                     torch.zeros((1, *shape[1:2], n, shape[3]), dtype=dtype, device=device)) for _ in self.layers]
+            self._prefill(torch.tensor(shared, device=device), torch.arange(n, device=device), [(0, 0, n, 0)], part)
+            lacking = [r for r in range(batch) if have[r] < n]
+            for r in lacking:
+                self._copy_in(cache, r, starts[r], part, 0, 0, n)
+                have[r] = n
+            self.prefill_tokens += n
+            self.reused_tokens += n * (len(lacking) - 1)
+        self.prefill_tokens += sum(len(p) - h for p, h in zip(firsts, have))
+        # each row computes only the tokens it does not have: no padding, so no arithmetic on it
+        segments = [(r, starts[r] + have[r], len(p) - have[r], starts[r]) for r, p in enumerate(firsts)]
+        hidden = []
+        for chunk in self._prefill_chunks(segments):
+            ids = torch.tensor([t for r, _, _, _ in chunk for t in firsts[r][have[r]:]], device=device)
+            positions = torch.tensor([i for r, _, _, _ in chunk for i in range(have[r], len(firsts[r]))], device=device)
+            hidden.append(self._prefill(ids, positions, chunk, cache))
+        hidden = torch.cat(hidden)
+        lengths = torch.tensor([len(p) for p in firsts], device=device)
         # decoding adds this to the attention scores: -inf on padding, 0 on tokens (filled in as they come)
-        bias = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, float("-inf"))
+        cols = torch.arange(total, device=device)
+        bias = torch.zeros((batch, total), dtype=dtype, device=device).masked_fill_(
+            (cols < torch.tensor(starts, device=device)[:, None]) | (cols >= width), float("-inf"))
         if batch < len(prompts):  # prompts that were the same share one prefill
             index = torch.tensor(rows, device=device)
             cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
@@ -388,8 +462,7 @@ class CachedDecoder:
             done = stopped
             col = width + step
             bias[:, col] = 0.0
-            mask = bias[:, None, None, :col + 1]
-            hidden = self._forward(token[:, None], (lengths + step)[:, None], mask, cache, col)
+            hidden = self._step(token, lengths + step, bias[:, None, None, :col + 1], cache, col)
         decoded += [(row, cache, b, step, 0) for b, row in enumerate(live.tolist())]
         # entries after a row's first stop are whatever was sampled while it waited: clear them
         is_stop = torch.isin(out_ids, stops).long()
@@ -404,6 +477,25 @@ class CachedDecoder:
             prompt = firsts[rows[row]]
             self._next.append(_Kept(prompt + tuple(gen[:min(fed, cut)]), row_cache, b, width - len(prompt) - first_col))
         return out_ids, out_lps
+
+    @staticmethod
+    def _copy_in(cache, row: int, col: int, source, source_row: int, source_col: int, n: int) -> None:
+        """Copy ``n`` columns of key/values from ``source`` (a row, a first column) into ``cache`` at ``(row, col)``."""
+        for (k, v), (sk, sv) in zip(cache, source):
+            k[row, :, col:col + n] = sk[source_row, :, source_col:source_col + n]
+            v[row, :, col:col + n] = sv[source_row, :, source_col:source_col + n]
+
+    @staticmethod
+    def _shared_prefix(prompts: list[tuple], have: list[int]) -> tuple:
+        """The prefix every prompt starts with (a system prompt, the tool list), when at least two prompts
+        would otherwise compute ``SHARED_PREFIX_MIN`` or more of its tokens each; else ``()``."""
+        n = min(len(p) for p in prompts) - 1  # a prompt's last token is always its own (it predicts the first new one)
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i, (a, b) in enumerate(zip(first[:n], p)) if a != b), n)
+        if n >= SHARED_PREFIX_MIN and sum(h + SHARED_PREFIX_MIN <= n for h in have) >= 2:
+            return first[:n]
+        return ()
 
     @staticmethod
     def _keep_finished(gone, live, cache, width: int, fed: int, prompt_lengths: list[int]) -> list[tuple]:

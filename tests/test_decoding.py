@@ -113,7 +113,8 @@ def test_prefill_in_row_chunks_decodes_like_one_prefill(monkeypatch):
     monkeypatch.setattr(decoding, "PREFILL_FLOATS", 1)
     chunked, _ = _engines(model)
     decoder = chunked._decoder(model, False)
-    assert len(decoder._prefill_chunks(len(PROMPTS), 9, 9)) == len(PROMPTS)
+    segments = [(r, 0, 9, 0) for r in range(len(PROMPTS))]
+    assert decoder._prefill_chunks(segments) == [[s] for s in segments]
     got = [chunked.generate(PROMPTS, sampled)]
     got.append(chunked.generate(_second_round(got[0]), GREEDY))
     assert decoder.reused_tokens > 0
@@ -203,13 +204,43 @@ def test_identical_prompts_are_prefilled_once_and_sampled_apart():
     assert len({tuple(g.ids) for g in gens}) > 1
 
 
-def test_other_architectures_fall_back_to_generate():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_a_prefix_all_prompts_share_is_computed_once():
+    """A system prompt every prompt starts with is prefilled once and copied into each row: the same
+    tokens and log-probabilities as transformers, and its tokens computed once."""
+    model = _model("qwen2")
+    with torch.no_grad():  # peaked attention, so that a key at the wrong position or row would show
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    system = list(range(100, 120))
+    prompts = [system + p for p in PROMPTS]
+    cached, reference = _engines(model)
+    a, b = cached.generate(prompts, GREEDY), reference.generate(prompts, GREEDY)
+    assert [g.ids for g in a] == [g.ids for g in b]
+    for x, y in zip(a, b):
+        assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+    decoder = cached._decoder(model, False)
+    unique = {tuple(p) for p in prompts}
+    assert decoder.prefill_tokens == len(system) + sum(len(p) - len(system) for p in unique)
+    # a prefix shorter than the threshold is not worth its own pass
+    assert CachedDecoder._shared_prefix([tuple(p) for p in PROMPTS], [0] * len(PROMPTS)) == ()
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(byte_tok()), n_embd=32, n_layer=1, n_head=2)).eval()
+
+@pytest.mark.parametrize("kind", ["gpt2", "gemma"])
+def test_other_architectures_fall_back_to_generate(kind):
+    """GPT-2 is laid out differently; Gemma has Llama's module names but scales its embeddings and norms."""
+    from transformers import GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(byte_tok()), n_embd=32, n_layer=1, n_head=2)).eval()
+        with pytest.raises(ValueError, match="not a Llama-style decoder"):
+            CachedDecoder(model)
+    else:
+        model = GemmaForCausalLM(GemmaConfig(vocab_size=len(byte_tok()), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             head_dim=8)).eval()
     assert not supports(model)
-    with pytest.raises(ValueError, match="not a Llama-style decoder"):
-        CachedDecoder(model)
     cached, reference = _engines(model)
     assert [g.ids for g in cached.generate(PROMPTS, GREEDY)] == [g.ids for g in reference.generate(PROMPTS, GREEDY)]
 

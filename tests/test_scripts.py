@@ -62,6 +62,7 @@ def test_bench_rollout_quick_writes_every_table(tmp_path, shared_data):
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text(encoding="utf-8")
-    for heading in ("### Generation", "### Main job", "Previous defaults", "Engine alone at 1 thread", "embedded default model",
+    for heading in ("### Generation", "### Main job", "in the engine (s)", "Previous defaults", "Engine alone at 1 thread",
+                    "embedded default model",
                     "vocab 151,665"):
         assert heading in text

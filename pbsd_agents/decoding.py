@@ -405,8 +405,9 @@ class CachedDecoder:
         shared = self._shared_prefix(firsts, have)
         if shared:  # computed once, copied into every row that lacks it
             n = len(shared)
-            part = [(torch.zeros((1, *shape[1:2], n, shape[3]), dtype=dtype, device=device),
-                     torch.zeros((1, *shape[1:2], n, shape[3]), dtype=dtype, device=device)) for _ in self.layers]
+            one = (1, self.num_kv_heads, n, self.head_dim)
+            part = [(torch.empty(one, dtype=dtype, device=device), torch.empty(one, dtype=dtype, device=device))
+                    for _ in self.layers]  # every column is written
             self._prefill(torch.tensor(shared, device=device), torch.arange(n, device=device), [(0, 0, n, 0)], part)
             lacking = [r for r in range(batch) if have[r] < n]
             for r in lacking:

@@ -224,9 +224,10 @@ class CachedDecoder:
     """
 
     def __init__(self, model, fuse: bool | None = None):
+        if not supports(model):  # a look-alike would decode wrong numbers without a word
+            raise ValueError(f"CachedDecoder: {type(model).__name__} is not a Llama-style decoder with full attention "
+                             f"(model types {', '.join(LLAMA_LIKE)}); decode it with generate")
         decoder, head = _parts(model)
-        if decoder is None:
-            raise ValueError(f"CachedDecoder: {type(model).__name__} is not a Llama-style decoder")
         self.decoder, self.head = decoder, head
         config = decoder.config
         self.num_heads = config.num_attention_heads

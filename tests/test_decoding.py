@@ -234,13 +234,13 @@ def test_other_architectures_fall_back_to_generate(kind):
     torch.manual_seed(0)
     if kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=len(byte_tok()), n_embd=32, n_layer=1, n_head=2)).eval()
-        with pytest.raises(ValueError, match="not a Llama-style decoder"):
-            CachedDecoder(model)
     else:
         model = GemmaForCausalLM(GemmaConfig(vocab_size=len(byte_tok()), hidden_size=32, intermediate_size=64,
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                              head_dim=8)).eval()
     assert not supports(model)
+    with pytest.raises(ValueError, match="not a Llama-style decoder"):
+        CachedDecoder(model)
     cached, reference = _engines(model)
     assert [g.ids for g in cached.generate(PROMPTS, GREEDY)] == [g.ids for g in reference.generate(PROMPTS, GREEDY)]
 

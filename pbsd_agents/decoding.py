@@ -107,6 +107,14 @@ def _rms_eps(module) -> float | None:
     return float(eps) if plain and isinstance(eps, float) else None
 
 
+def _norm(module, eps: float | None, x):
+    """``module(x)``; for a plain RMSNorm (``eps`` given) in float32, in one op without the module call.
+    Other dtypes keep the module's own up-cast arithmetic."""
+    if eps is None or x.dtype != torch.float32:
+        return module(x)
+    return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
+
+
 def _silu(module) -> bool:
     return type(module).__name__ in ("SiLU", "SiLUActivation")
 
@@ -162,10 +170,7 @@ class _Layer:
         eps = self.norm_eps[which]
         if self.fold[which]:
             return x * x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
-        module = (self.layer.input_layernorm, self.layer.post_attention_layernorm)[which]
-        if eps is None or x.dtype != torch.float32:  # other dtypes: the module's own up-cast arithmetic
-            return module(x)
-        return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
+        return _norm((self.layer.input_layernorm, self.layer.post_attention_layernorm)[which], eps, x)
 
     @staticmethod
     def linear(module, x):
@@ -266,8 +271,7 @@ class CachedDecoder:
         return cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
     def _final_norm(self, h):
-        return F.rms_norm(h, (h.shape[-1],), self.decoder.norm.weight, self._final_eps) \
-            if self._final_eps is not None and h.dtype == torch.float32 else self.decoder.norm(h)
+        return _norm(self.decoder.norm, self._final_eps, h)
 
     def _step(self, token, positions, bias, cache, col: int):
         """One decode step: each row's ``token [B]`` at column ``col`` (its key/values written there);

@@ -121,26 +121,54 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """``(all, idle)`` jiffies of the whole machine from ``/proc/stat`` (None where it cannot be read)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # idle + iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _usable_cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def free_cpus(before: tuple[int, int], after: tuple[int, int], own_cores: float = 0.0, *,
+              cpus: int, usable: int) -> int:
+    """How many of ``usable`` CPUs other work left idle between two ``/proc/stat`` readings ``(all, idle)``.
+
+    ``cpus`` is the machine's count (what the readings sum over); ``own_cores`` is what this process
+    itself used over the interval (CPU seconds per second), which is not "other work".
+
+    Example:
+        >>> free_cpus((0, 0), (200, 100), cpus=2, usable=2)       # one of two cores busy
+        1
+        >>> free_cpus((0, 0), (200, 0), own_cores=2.0, cpus=2, usable=2)  # busy, but all of it ours
+        2
+    """
+    total = after[0] - before[0]
+    if total <= 0:
+        return usable
+    other = (1 - (after[1] - before[1]) / total) * cpus - own_cores
+    return max(0, min(usable, round(usable - max(0.0, other))))
+
+
 def idle_cores(interval: float = 0.2) -> int | None:
     """How many of this process's CPUs other work leaves idle, from ``/proc/stat`` over ``interval``
     seconds (``None`` where that file does not exist)."""
     import os
     import time
 
-    def sample():
-        with open("/proc/stat") as f:
-            values = [int(x) for x in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # all, idle + iowait
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(interval)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
+    before = _cpu_times()
+    time.sleep(interval)
+    after = _cpu_times()
+    if before is None or after is None:
         return None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = (1 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
-    return max(0, min(usable, round(usable - busy)))
+    return free_cpus(before, after, cpus=os.cpu_count() or 1, usable=_usable_cpus())
 
 
 def set_cpu_threads(requested: int = 0) -> int:
@@ -160,6 +188,54 @@ def set_cpu_threads(requested: int = 0) -> int:
         requested = torch.get_num_threads() if idle is None else max(1, idle)
     torch.set_num_threads(requested)
     return requested
+
+
+class CpuThreads:
+    """torch's CPU threads for a run: fixed, or (``requested=0``) kept in step with the machine's load.
+
+    Auto starts as :func:`set_cpu_threads` does; each :meth:`update` (the trainer calls it after every
+    step) picks again, one thread per CPU that other processes left idle since the last call: the
+    machine's busy time from ``/proc/stat`` minus this process's own CPU time. A start-time sample alone
+    is racy: two runs started together both find the cores idle and both take all of them. With
+    updates, each sees the other after its first step and drops to its share, and a run takes the
+    cores back when the other ends.
+
+    Example:
+        >>> import torch
+        >>> threads = CpuThreads(torch.get_num_threads())  # a fixed count: update() keeps it
+        >>> threads.update() == torch.get_num_threads()
+        True
+    """
+
+    def __init__(self, requested: int = 0):
+        self.auto = requested == 0
+        self.count = set_cpu_threads(requested)
+        self._mark = self._read() if self.auto else None
+
+    @staticmethod
+    def _read():
+        import time
+
+        times = _cpu_times()
+        return None if times is None else (times, time.process_time(), time.perf_counter())
+
+    def update(self) -> int:
+        """Re-pick the count from the load since the last call (auto only); returns the count in use."""
+        if not self.auto:
+            return self.count
+        import os
+
+        import torch
+
+        mark = self._read()
+        if mark is not None and self._mark is not None and mark[2] > self._mark[2]:
+            own = (mark[1] - self._mark[1]) / (mark[2] - self._mark[2])
+            count = max(1, free_cpus(self._mark[0], mark[0], own, cpus=os.cpu_count() or 1, usable=_usable_cpus()))
+            if count != self.count:
+                torch.set_num_threads(count)
+                self.count = count
+        self._mark = mark
+        return self.count
 
 
 def load_policy(model, *, lora_r: int = 0, lora_alpha: int | None = None, lora_dropout: float = 0.0,

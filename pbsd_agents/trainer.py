@@ -79,7 +79,7 @@ class Trainer:
     def setup(self, restore: bool = False) -> bool:
         """Load everything; with ``restore``, from the newest checkpoint that loads (returns whether one did)."""
         from .envs.registry import count_tasks
-        from .loading import load_policy, resolve_device, set_cpu_threads
+        from .loading import CpuThreads, load_policy, resolve_device
         from .rollout import Collector
 
         cfg = self.config
@@ -90,7 +90,7 @@ class Trainer:
                                      max_tokens=cfg.max_tokens, seed=cfg.seed)
         set_seed(cfg.seed)
         self.policy = load_policy(cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=resolve_device(self.device))
-        set_cpu_threads(cfg.threads)
+        self.threads = CpuThreads(cfg.threads)
         algo_cls, _ = ALGORITHMS[cfg.algo]
         self.algorithm = algo_cls(cfg.algorithm_config(), pad_id=self.policy.tokenizer.pad_token_id or 0)
         self.collector = Collector.for_policy(self.policy, engine=cfg.engine, progress=False)
@@ -237,11 +237,14 @@ class Trainer:
         t1 = time.time()
         loss_value, metrics, skipped = self._update(batch)
         self.step = step
+        threads = self.threads.count  # this step's; the next step's is picked from the load during this one
+        self.threads.update()
         self.algorithm.after_step(step, self.policy)
         row = {
             "step": step, "trajectories": self.trajectories, "tokens": self.tokens, "loss": loss_value,
             "wall_s": round(time.time() - t0, 3), "collect_s": round(t_collect, 3), "update_s": round(time.time() - t1, 3),
-            "lr": self.scheduler.get_last_lr()[0], "skipped": skipped, "skipped_total": self.skipped, **metrics,
+            "lr": self.scheduler.get_last_lr()[0], "skipped": skipped, "skipped_total": self.skipped, "threads": threads,
+            **metrics,
         }
         for key, label in self.algorithm.printed_metrics.items():
             if key in row:

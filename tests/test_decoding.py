@@ -262,3 +262,40 @@ def test_cpu_threads_auto_and_explicit():
             set_cpu_threads(-2)
     finally:
         torch.set_num_threads(before)
+
+
+def test_free_cpus_counts_other_work_not_this_process():
+    from pbsd_agents.loading import free_cpus
+
+    assert free_cpus((0, 0), (400, 400), cpus=4, usable=4) == 4  # idle
+    assert free_cpus((0, 0), (400, 100), cpus=4, usable=4) == 1  # three cores busy with other work
+    assert free_cpus((0, 0), (400, 100), own_cores=3.0, cpus=4, usable=4) == 4  # the busy time was ours
+    assert free_cpus((0, 0), (400, 100), own_cores=1.0, cpus=4, usable=4) == 2
+    assert free_cpus((0, 0), (400, 0), cpus=4, usable=2) == 0  # everything busy; only 2 CPUs ours to use
+    assert free_cpus((10, 5), (10, 5), cpus=4, usable=3) == 3  # no time passed: no evidence of load
+
+
+def test_auto_threads_follow_the_load_of_other_processes():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from pbsd_agents.loading import CpuThreads, _cpu_times
+
+    usable = len(os.sched_getaffinity(0))
+    if usable < 2 or _cpu_times() is None:
+        pytest.skip("needs /proc/stat and two usable CPUs")
+    before = torch.get_num_threads()
+    try:
+        threads = CpuThreads(0)
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another job on one core
+        try:
+            time.sleep(1.0)
+            assert threads.update() <= usable - 1 and threads.count == torch.get_num_threads()
+        finally:
+            spinner.kill()
+            spinner.wait()
+        assert CpuThreads(3).update() == 3 == torch.get_num_threads()  # a fixed count never moves
+    finally:
+        torch.set_num_threads(before)

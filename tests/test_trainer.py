@@ -36,7 +36,7 @@ def test_three_step_run_writes_the_run_folder(tiny_model, tmp_path, algo, args):
     summary = Trainer(small(tiny_model, out, algo=algo, algo_args=args)).train()
     metrics = read(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    for key in ("trajectories", "tokens", "loss", "wall_s", "lr"):
+    for key in ("trajectories", "tokens", "loss", "wall_s", "lr", "threads"):
         assert key in metrics[-1]
     assert metrics[-1]["trajectories"] > metrics[0]["trajectories"]
     evals = read(out / "eval.jsonl")

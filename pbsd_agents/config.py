@@ -77,7 +77,7 @@ class TrainConfig:
     seed: int = _opt(0, "random seed (tasks and sampling of every step derive from it)")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int = _opt(0, "torch CPU threads (0 = auto: one per core that other work leaves idle, picked again "
-                        "after every step from the load other processes put on the machine; threads waiting for busy "
+                        "during the run from the load other processes put on the machine; threads waiting for busy "
                         "cores slow every step down)")
     report_to: str = _opt("none", "also log to experiment trackers: none, tensorboard, wandb or trackio, "
                           "comma-separated for several (e.g. tensorboard,wandb); each is an extra: "

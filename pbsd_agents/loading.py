@@ -194,11 +194,12 @@ class CpuThreads:
     """torch's CPU threads for a run: fixed, or (``requested=0``) kept in step with the machine's load.
 
     Auto starts as :func:`set_cpu_threads` does; each :meth:`update` (the trainer calls it after every
-    step) picks again, one thread per CPU that other processes left idle since the last call: the
-    machine's busy time from ``/proc/stat`` minus this process's own CPU time. A start-time sample alone
-    is racy: two runs started together both find the cores idle and both take all of them. With
-    updates, each sees the other after its first step and drops to its share, and a run takes the
-    cores back when the other ends.
+    generation round and every step) picks again, one thread per CPU that other processes left idle
+    since the last pick, at least ``MIN_INTERVAL`` seconds ago: the machine's busy time from
+    ``/proc/stat`` minus this process's own CPU time. A start-time sample alone is racy: two runs
+    started together both find the cores idle and both take all of them, and then every op waits for
+    a thread the other run holds off its core. With updates, each sees the other within a second and
+    drops to its share, and a run takes the cores back when the other ends.
 
     Example:
         >>> import torch
@@ -206,6 +207,8 @@ class CpuThreads:
         >>> threads.update() == torch.get_num_threads()
         True
     """
+
+    MIN_INTERVAL = 0.5  # seconds of load to judge by (a /proc/stat tick is 10 ms)
 
     def __init__(self, requested: int = 0):
         self.auto = requested == 0
@@ -220,7 +223,7 @@ class CpuThreads:
         return None if times is None else (times, time.process_time(), time.perf_counter())
 
     def update(self) -> int:
-        """Re-pick the count from the load since the last call (auto only); returns the count in use."""
+        """Re-pick the count from the load since the last pick (auto only); returns the count in use."""
         if not self.auto:
             return self.count
         import os
@@ -228,7 +231,9 @@ class CpuThreads:
         import torch
 
         mark = self._read()
-        if mark is not None and self._mark is not None and mark[2] > self._mark[2]:
+        if mark is not None and self._mark is not None:
+            if mark[2] - self._mark[2] < self.MIN_INTERVAL:
+                return self.count  # too short to judge: keep measuring from the last pick
             own = (mark[1] - self._mark[1]) / (mark[2] - self._mark[2])
             count = max(1, free_cpus(self._mark[0], mark[0], own, cpus=os.cpu_count() or 1, usable=_usable_cpus()))
             if count != self.count:

@@ -88,10 +88,11 @@ class Collector:
         progress: show a tqdm progress bar (per finished trajectory).
         before_collect: called at the start of each ``collect`` with the view (used to push the
             student's current adapter to a vLLM engine).
+        after_round: called after each generation round (the trainer re-picks its CPU threads there).
     """
 
     def __init__(self, engine: Engine, renderer, *, num_envs: int = 64, progress: bool = True,
-                 before_collect: Callable[[str], None] | None = None):
+                 before_collect: Callable[[str], None] | None = None, after_round: Callable[[], None] | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.engine = engine
@@ -99,6 +100,7 @@ class Collector:
         self.num_envs = num_envs
         self.progress = progress
         self.before_collect = before_collect
+        self.after_round = after_round
         self._env_cache: dict[str, list] = {}
 
     @classmethod
@@ -239,6 +241,8 @@ class Collector:
                         still.append(ep)
                 active = still
                 bar.set_postfix(tokens=generated, active=len(active), refresh=False)
+                if self.after_round is not None:
+                    self.after_round()
         finally:
             bar.close()
             forget = getattr(self.engine, "forget", None)

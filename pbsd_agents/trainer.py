@@ -94,6 +94,7 @@ class Trainer:
         algo_cls, _ = ALGORITHMS[cfg.algo]
         self.algorithm = algo_cls(cfg.algorithm_config(), pad_id=self.policy.tokenizer.pad_token_id or 0)
         self.collector = Collector.for_policy(self.policy, engine=cfg.engine, progress=False)
+        self.collector.after_round = self.threads.update
         self.step = self.trajectories = self.tokens = self.skipped = 0
         saved = self._load_checkpoint() if restore else None  # weights first: sharding below splits them
         self.parallel.wrap(self.policy)

@@ -59,6 +59,14 @@ def test_continuous_batching_refills_free_envs():
     assert sum(len(p) for p, _, _ in engine.calls) == 15  # 5 episodes x 3 turns, no wasted rows
 
 
+def test_after_round_is_called_once_per_generation_round():
+    collector, engine = oracle_collector("byte", range(5), num_envs=2)
+    rounds = []
+    collector.after_round = lambda: rounds.append(len(engine.calls))
+    collector.collect(TOY_ENV_ID, [0, 1, 2, 3, 4])
+    assert rounds == list(range(1, len(engine.calls) + 1))  # after each engine call, before the next
+
+
 def test_repeated_tasks_and_random_tasks():
     collector, _ = oracle_collector("byte", range(50))
     trajs = collector.collect(TOY_ENV_ID, [3, 3, {"index": 4, "seed": 1}, {"seed": 5}, None])

@@ -60,25 +60,30 @@ def probe_env(env_id: str, env_kwargs: dict) -> int | None:
         raise CLIError(detail) from None
 
 
-def load_model(model: str, threads: int = 0, **kwargs):
-    """:func:`~pbsd_agents.checkpoint.load_any`, with a model that cannot be found as a one-line error;
-    then torch's CPU threads as ``--threads`` says (:func:`~pbsd_agents.loading.set_cpu_threads`)."""
+def load_model(model: str, **kwargs):
+    """:func:`~pbsd_agents.checkpoint.load_any`, with a model that cannot be found as a one-line error."""
     from ..checkpoint import load_any
-    from ..loading import set_cpu_threads
 
     quiet_transformers()
     try:
-        policy = load_any(model, **kwargs)
+        return load_any(model, **kwargs)
     except (FileNotFoundError, ImportError, ValueError) as exc:  # ImportError: a preset's package is missing
         raise CLIError(str(exc).splitlines()[0]) from None
-    set_cpu_threads(threads)
-    return policy
 
 
 def add_threads_flag(parser) -> None:
+    from ..config import TrainConfig
+
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="torch CPU threads (0 = auto: one per core that other work leaves idle at the start; "
-                             "threads waiting for busy cores slow every step down)")
+                        help=TrainConfig.__dataclass_fields__["threads"].metadata["help"])
+
+
+def follow_threads(collector, threads: int) -> None:
+    """Set torch's CPU threads as ``--threads`` says, re-picked after every generation round when automatic
+    (:class:`~pbsd_agents.loading.CpuThreads`)."""
+    from ..loading import CpuThreads
+
+    collector.after_round = CpuThreads(threads).update
 
 
 def quiet_transformers() -> None:

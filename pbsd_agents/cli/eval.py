@@ -13,7 +13,7 @@ import json
 import sys
 
 from ..config import ENGINES, TrainConfig
-from .common import CLIError, add_threads_flag, load_model, parse_kv, probe_env
+from .common import CLIError, add_threads_flag, follow_threads, load_model, parse_kv, probe_env
 
 HELP = "evaluate a model or checkpoint on held-out tasks"
 DESCRIPTION = ("Greedy success (and with --pass-k, T=1 success and pass@k), each with a 95% interval, of a model or "
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     state = checkpoint.read_state(args.model) if checkpoint.is_checkpoint(args.model) else {}
     evaluation = Evaluation(view=args.view, **s)
-    policy = load_model(args.model, threads=args.threads, device=args.device, frozen_teacher=False)  # nothing trains: no frozen copy
+    policy = load_model(args.model, device=args.device, frozen_teacher=False)  # nothing trains: no frozen copy
     if args.view == "teacher" and policy.is_peft:
         # A LoRA policy's teacher is its base model (adapter off); the teacher view of a checkpoint is
         # its own weights with the privileged prompt, as for a fully fine-tuned one.
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
         policy = Policy(policy.model.merge_and_unload(), policy.tokenizer, renderer=policy.renderer, frozen_teacher=False)
     collector = Collector.for_policy(policy, engine=args.engine, progress=not args.no_progress)
+    follow_threads(collector, args.threads)
     row, greedy = evaluation.run(collector, step=state.get("step", 0), trajectories=state.get("trajectories", 0))
     if args.out:
         save_jsonl(greedy, args.out)

@@ -8,7 +8,7 @@ import json
 import time
 
 from ..config import ENGINES
-from .common import CLIError, add_threads_flag, load_model, probe_env
+from .common import CLIError, add_threads_flag, follow_threads, load_model, probe_env
 
 HELP = "collect trajectories with a model and write them as JSON lines (or a parquet or Hugging Face dataset)"
 
@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     # no training here, so the teacher's weights are the loaded ones: no frozen copy needed
-    policy = load_model(args.model, threads=args.threads, device=args.device, dtype=args.dtype, frozen_teacher=False)
+    policy = load_model(args.model, device=args.device, dtype=args.dtype, frozen_teacher=False)
     collector = Collector.for_policy(policy, engine=args.engine, batch_size=args.batch_size, progress=not args.no_progress)
+    follow_threads(collector, args.threads)
     tasks = [i for i in range(args.start, args.start + n_tasks) for _ in range(args.repeat)]
     t1 = time.time()
     pairs = collector.collect_with_conversations(

@@ -165,18 +165,17 @@ class _Layer:
         self.fold = (self.fuse_qkv and f32 and self.norm_eps[0] is not None and a.q_proj.weight.dtype == torch.float32,
                      self.fuse_mlp and f32 and self.norm_eps[1] is not None and m.gate_proj.weight.dtype == torch.float32)
         # eps as a tensor: a Python number in an op is wrapped into a tensor on every call
-        self.eps_t = [torch.tensor([e or 0.0], dtype=layer.input_layernorm.weight.dtype,
-                                   device=layer.input_layernorm.weight.device) for e in self.norm_eps]
+        self.eps_t = [torch.tensor([e or 0.0], dtype=n.weight.dtype, device=n.weight.device)
+                      for e, n in zip(self.norm_eps, (layer.input_layernorm, layer.post_attention_layernorm))]
         if self.fuse_qkv:
-            parts = [a.q_proj, a.k_proj, a.v_proj]
-            weights = [m.weight.detach() for m in parts]
-            biases = [m.bias.detach() for m in parts] if a.q_proj.bias is not None else None
+            projections = [a.q_proj, a.k_proj, a.v_proj]
+            weights = [p.weight.detach() for p in projections]
+            biases = [p.bias.detach() for p in projections] if a.q_proj.bias is not None else None
             self.rotate_folded = self.fold[0] and self.q_norm is None
             if self.rotate_folded:  # [q; k; v; swapped q; swapped k], queries scaled
-                swap = lambda t: t.unflatten(0, (-1, self.head_dim)).roll(self.head_dim // 2, 1).flatten(0, 1)
-                weights = [weights[0] * self.scale, weights[1], weights[2], swap(weights[0]) * self.scale, swap(weights[1])]
+                weights = self._with_swapped(weights)
                 if biases is not None:
-                    biases = [biases[0] * self.scale, biases[1], biases[2], swap(biases[0]) * self.scale, swap(biases[1])]
+                    biases = self._with_swapped(biases)
             w = torch.cat(weights)
             self.qkv_w = w * layer.input_layernorm.weight.detach() if self.fold[0] else w
             self.qkv_b = torch.cat(biases) if biases is not None else None
@@ -185,12 +184,21 @@ class _Layer:
             w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
             self.gate_up_w = w * layer.post_attention_layernorm.weight.detach() if self.fold[1] else w
 
+    def _with_swapped(self, qkv: list) -> list:
+        """``[q, k, v]`` rows (weights or biases) -> ``[q, k, v, swapped q, swapped k]``, queries scaled:
+        swapping the halves of each head's rows is ``roll(head_dim // 2)`` on the product's output."""
+        def swapped(t):
+            return t.unflatten(0, (-1, self.head_dim)).roll(self.head_dim // 2, 1).flatten(0, 1)
+
+        q, k, v = qkv
+        return [q * self.scale, k, v, swapped(q) * self.scale, swapped(k)]
+
     def norm(self, which: int, x):
         """The layer's norm ``which`` (0: before attention, 1: before the MLP); weightless when folded."""
         eps = self.norm_eps[which]
         if self.fold[which]:  # x / sqrt(|x|^2 / n + eps): four ops, about half the time of pow-mean-add-rsqrt-mul
-            size = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-            return x * torch.addcmul(self.eps_t[which], size, size, value=1.0 / x.shape[-1]).rsqrt_()
+            l2 = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            return x * torch.addcmul(self.eps_t[which], l2, l2, value=1.0 / x.shape[-1]).rsqrt_()
         return _norm((self.layer.input_layernorm, self.layer.post_attention_layernorm)[which], eps, x)
 
     @staticmethod
@@ -271,7 +279,7 @@ class CachedDecoder:
         self.params = list(model.parameters())
         self._kept: list[_Kept] = []  # reusable by this call
         self._next: list[_Kept] = []  # made by this call, reusable by the next
-        self._weights_stamp: tuple | None = None  # tensor versions of the weights at the last check
+        self._weights_stamp: tuple | None = None  # the weights' versions, dtypes and devices at the last check
         self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
         self._rope = None  # cos and signed sin by position, made per call
         self._final_eps = _rms_eps(decoder.norm)
@@ -366,7 +374,8 @@ class CachedDecoder:
     # ---- key/values kept between calls -------------------------------------------------------------
 
     def _stamp(self) -> tuple:
-        return tuple(p._version for p in self.params)
+        # versions tell in-place updates (an optimizer step, a load); dtype and device tell a .to()
+        return tuple((p._version, p.dtype, p.device) for p in self.params)
 
     def new_call(self) -> None:
         """Start a new ``generate`` call: what the previous call decoded becomes reusable, older entries go."""

@@ -121,54 +121,60 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """``(all, idle)`` jiffies of the whole machine from ``/proc/stat`` (None where it cannot be read)."""
+def _usable() -> set[int] | None:
+    """The CPUs this process may run on (None where the platform does not say)."""
+    import os
+
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def _cpu_times(cpus: set[int] | None = None) -> tuple[int, int] | None:
+    """``(all, idle)`` jiffies from ``/proc/stat``, summed over ``cpus`` (default: every CPU); None where
+    it cannot be read. Only the CPUs a process may use matter: a job pinned to 8 cores of a busy node
+    must not count the load on the others."""
     try:
         with open("/proc/stat") as f:
-            values = [int(x) for x in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # idle + iowait
+            lines = [ln.split() for ln in f if ln.startswith("cpu")]
+        rows = lines[:1] if cpus is None else [ln for ln in lines[1:] if int(ln[0][3:]) in cpus]
+        # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+        values = [[int(x) for x in ln[1:9]] for ln in rows]
+        if not values:
+            return None
+        return sum(map(sum, values)), sum(v[3] + v[4] for v in values)
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _usable_cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def free_cpus(before: tuple[int, int], after: tuple[int, int], own_cores: float = 0.0, *,
-              cpus: int, usable: int) -> int:
-    """How many of ``usable`` CPUs other work left idle between two ``/proc/stat`` readings ``(all, idle)``.
-
-    ``cpus`` is the machine's count (what the readings sum over); ``own_cores`` is what this process
-    itself used over the interval (CPU seconds per second), which is not "other work".
+def free_cpus(before: tuple[int, int], after: tuple[int, int], own_cores: float = 0.0, *, cpus: int) -> int:
+    """How many of ``cpus`` CPUs other work left idle between two ``/proc/stat`` readings ``(all, idle)``
+    summed over those CPUs. ``own_cores`` is what this process itself used over the interval (CPU
+    seconds per second), which is not "other work".
 
     Example:
-        >>> free_cpus((0, 0), (200, 100), cpus=2, usable=2)       # one of two cores busy
+        >>> free_cpus((0, 0), (200, 100), cpus=2)                 # one of two cores busy
         1
-        >>> free_cpus((0, 0), (200, 0), own_cores=2.0, cpus=2, usable=2)  # busy, but all of it ours
+        >>> free_cpus((0, 0), (200, 0), own_cores=2.0, cpus=2)    # busy, but all of it ours
         2
     """
     total = after[0] - before[0]
     if total <= 0:
-        return usable
+        return cpus
     other = (1 - (after[1] - before[1]) / total) * cpus - own_cores
-    return max(0, min(usable, round(usable - max(0.0, other))))
+    return max(0, min(cpus, round(cpus - max(0.0, other))))
 
 
 def idle_cores(interval: float = 0.2) -> int | None:
     """How many of this process's CPUs other work leaves idle, from ``/proc/stat`` over ``interval``
     seconds (``None`` where that file does not exist)."""
-    import os
     import time
 
-    before = _cpu_times()
+    usable = _usable()
+    before = _cpu_times(usable)
     time.sleep(interval)
-    after = _cpu_times()
+    after = _cpu_times(usable)
     if before is None or after is None:
         return None
-    return free_cpus(before, after, cpus=os.cpu_count() or 1, usable=_usable_cpus())
+    return free_cpus(before, after, cpus=len(usable) if usable else 1)
 
 
 def set_cpu_threads(requested: int = 0) -> int:
@@ -198,8 +204,9 @@ class CpuThreads:
     since the last pick, at least ``MIN_INTERVAL`` seconds ago: the machine's busy time from
     ``/proc/stat`` minus this process's own CPU time. A start-time sample alone is racy: two runs
     started together both find the cores idle and both take all of them, and then every op waits for
-    a thread the other run holds off its core. With updates, each sees the other within a second and
-    drops to its share, and a run takes the cores back when the other ends.
+    a thread the other run holds off its core. With updates, each sees the other at its next round or
+    step and drops to its share, and a run takes the cores back when the other ends. (CPU time of child
+    processes still running, such as a local inference server, counts as other work.)
 
     Example:
         >>> import torch
@@ -213,21 +220,19 @@ class CpuThreads:
     def __init__(self, requested: int = 0):
         self.auto = requested == 0
         self.count = set_cpu_threads(requested)
+        self._cpus = _usable()
         self._mark = self._read() if self.auto else None
 
-    @staticmethod
-    def _read():
+    def _read(self):
         import time
 
-        times = _cpu_times()
-        return None if times is None else (times, time.process_time(), time.perf_counter())
+        times = _cpu_times(self._cpus)
+        return None if times is None or not self._cpus else (times, time.process_time(), time.perf_counter())
 
     def update(self) -> int:
         """Re-pick the count from the load since the last pick (auto only); returns the count in use."""
         if not self.auto:
             return self.count
-        import os
-
         import torch
 
         mark = self._read()
@@ -235,7 +240,7 @@ class CpuThreads:
             if mark[2] - self._mark[2] < self.MIN_INTERVAL:
                 return self.count  # too short to judge: keep measuring from the last pick
             own = (mark[1] - self._mark[1]) / (mark[2] - self._mark[2])
-            count = max(1, free_cpus(self._mark[0], mark[0], own, cpus=os.cpu_count() or 1, usable=_usable_cpus()))
+            count = max(1, free_cpus(self._mark[0], mark[0], own, cpus=len(self._cpus)))
             if count != self.count:
                 torch.set_num_threads(count)
                 self.count = count

@@ -238,7 +238,7 @@ class Trainer:
         t1 = time.time()
         loss_value, metrics, skipped = self._update(batch)
         self.step = step
-        threads = self.threads.count  # this step's; the next step's is picked from the load during this one
+        threads = self.threads.count  # the count the update used (collection rounds may have re-picked it)
         self.threads.update()
         self.algorithm.after_step(step, self.policy)
         row = {

@@ -23,12 +23,18 @@ def _model(kind: str):
     common = dict(vocab_size=len(byte_tok()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
     if kind == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
-    if kind == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).eval()
-    if kind == "qwen3":
-        return Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common)).eval()
-    raise ValueError(kind)
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif kind == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
+    else:
+        raise ValueError(kind)
+    with torch.no_grad():  # biases start at 0 and norm weights at 1: arithmetic that mishandles them would pass
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
 
 
 def _engines(model, **kwargs):
@@ -46,6 +52,17 @@ def test_same_greedy_tokens_and_logprobs_as_generate(kind):
     assert [g.ids for g in a] == [g.ids for g in b]
     for x, y in zip(a, b):
         assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+
+
+def test_fused_weights_follow_a_change_of_dtype():
+    model = _model("qwen2")
+    decoder = CachedDecoder(model)
+    pick = lambda logits: (logits.argmax(-1, keepdim=True), torch.zeros(len(logits)))  # noqa: E731
+    args = dict(max_new_tokens=6, stop_ids=[0], pad_id=0)
+    decoder.decode(PROMPTS, pick, **args)
+    model.to(torch.float64)  # no version bump: the stamp must still see it
+    ids, _ = decoder.decode(PROMPTS, pick, **args)
+    assert torch.equal(ids, CachedDecoder(model).decode(PROMPTS, pick, **args)[0])
 
 
 def test_unfused_projections_decode_alike():
@@ -267,12 +284,25 @@ def test_cpu_threads_auto_and_explicit():
 def test_free_cpus_counts_other_work_not_this_process():
     from pbsd_agents.loading import free_cpus
 
-    assert free_cpus((0, 0), (400, 400), cpus=4, usable=4) == 4  # idle
-    assert free_cpus((0, 0), (400, 100), cpus=4, usable=4) == 1  # three cores busy with other work
-    assert free_cpus((0, 0), (400, 100), own_cores=3.0, cpus=4, usable=4) == 4  # the busy time was ours
-    assert free_cpus((0, 0), (400, 100), own_cores=1.0, cpus=4, usable=4) == 2
-    assert free_cpus((0, 0), (400, 0), cpus=4, usable=2) == 0  # everything busy; only 2 CPUs ours to use
-    assert free_cpus((10, 5), (10, 5), cpus=4, usable=3) == 3  # no time passed: no evidence of load
+    assert free_cpus((0, 0), (400, 400), cpus=4) == 4  # idle
+    assert free_cpus((0, 0), (400, 100), cpus=4) == 1  # three cores busy with other work
+    assert free_cpus((0, 0), (400, 100), own_cores=3.0, cpus=4) == 4  # the busy time was ours
+    assert free_cpus((0, 0), (400, 100), own_cores=1.0, cpus=4) == 2
+    assert free_cpus((0, 0), (400, 0), cpus=4) == 0  # everything busy
+    assert free_cpus((10, 5), (10, 5), cpus=3) == 3  # no time passed: no evidence of load
+
+
+def test_cpu_times_count_only_the_cpus_asked_for():
+    import os
+
+    from pbsd_agents.loading import _cpu_times
+
+    if _cpu_times() is None or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs /proc/stat")
+    one = _cpu_times({min(os.sched_getaffinity(0))})
+    everything = _cpu_times()  # read second: the machine's count can only have grown
+    assert one is not None and 0 < one[0] <= everything[0] and 0 <= one[1] <= one[0]
+    assert _cpu_times({10**6}) is None  # no such CPU: nothing to go by
 
 
 def test_auto_threads_follow_the_load_of_other_processes():

@@ -166,6 +166,7 @@ def free_cpus(before: tuple[int, int], after: tuple[int, int], own_cores: float 
 def idle_cores(interval: float = 0.2) -> int | None:
     """How many of this process's CPUs other work leaves idle, from ``/proc/stat`` over ``interval``
     seconds (``None`` where that file does not exist)."""
+    import os
     import time
 
     usable = _usable()
@@ -174,7 +175,7 @@ def idle_cores(interval: float = 0.2) -> int | None:
     after = _cpu_times(usable)
     if before is None or after is None:
         return None
-    return free_cpus(before, after, cpus=len(usable) if usable else 1)
+    return free_cpus(before, after, cpus=len(usable) if usable else (os.cpu_count() or 1))
 
 
 def set_cpu_threads(requested: int = 0) -> int:

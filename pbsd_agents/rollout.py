@@ -88,7 +88,8 @@ class Collector:
         progress: show a tqdm progress bar (per finished trajectory).
         before_collect: called at the start of each ``collect`` with the view (used to push the
             student's current adapter to a vLLM engine).
-        after_round: called after each generation round (the trainer re-picks its CPU threads there).
+        after_round: called after each generation round (``train``, ``eval`` and ``rollout`` re-pick their
+            CPU threads there).
     """
 
     def __init__(self, engine: Engine, renderer, *, num_envs: int = 64, progress: bool = True,

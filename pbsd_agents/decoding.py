@@ -22,6 +22,10 @@ is freed as the live rows move on. The key/values of every decoded row are kept 
 episode's next turn: its context, the turn just generated, then the observation) copies them and
 computes only the rest.
 
+:func:`decode_views` decodes prompts of several views at once (a PBSD step's student samples with
+the current weights and teacher samples with the frozen copy): each view prefills its own prompts,
+then every decode step runs all rows with the views' weights stacked (one ``bmm`` per projection).
+
 A decode step runs the layers on ``[batch, hidden]`` with fused projections and norm weights folded
 into them (see ``_Layer``); it runs eager: with the embedded model at batch 16 on a CPU (torch 2.13,
 inductor), a step compiled with ``torch.compile`` measured 7x slower per token than the same step
@@ -47,7 +51,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CachedDecoder", "supports"]
+__all__ = ["CachedDecoder", "decode_views", "supports"]
 
 _LAYER_PARTS = ("input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
 _ATTN_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -117,6 +121,20 @@ def _norm(module, eps: float | None, x):
 
 def _silu(module) -> bool:
     return type(module).__name__ in ("SiLU", "SiLUActivation")
+
+
+def _weightless_norm(x, eps_t):
+    """``x / sqrt(mean(x^2) + eps)`` (an RMSNorm whose weight is folded elsewhere): four ops, about half
+    the time of pow-mean-add-rsqrt-mul. ``eps_t`` is a tensor: a Python number is wrapped on every call."""
+    l2 = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x * torch.addcmul(eps_t, l2, l2, value=1.0 / x.shape[-1]).rsqrt_()
+
+
+def _rotate_folded(qkv, cos, sin, nq: int, nkv: int):
+    """Rotated queries, keys, and values from a fused product ``[N, 2 nq + 3 nkv, d]`` laid out as
+    ``[q; k; v; swapped q; swapped k]`` (see :class:`_Layer`): the rotation is two ops."""
+    qk = torch.addcmul(qkv[:, : nq + nkv] * cos, qkv[:, nq + 2 * nkv:], sin)
+    return qk[:, :nq], qk[:, nq:], qkv[:, nq + nkv: nq + 2 * nkv]
 
 
 class _Layer:
@@ -193,13 +211,16 @@ class _Layer:
         q, k, v = qkv
         return [q * self.scale, k, v, swapped(q) * self.scale, swapped(k)]
 
+    @property
+    def folded(self) -> bool:
+        """Whether every part runs from the fused copies (what :class:`_StackedLayer` stacks)."""
+        return self.rotate_folded and self.fold[1] and self.o_w is not None and self.down_w is not None
+
     def norm(self, which: int, x):
         """The layer's norm ``which`` (0: before attention, 1: before the MLP); weightless when folded."""
-        eps = self.norm_eps[which]
-        if self.fold[which]:  # x / sqrt(|x|^2 / n + eps): four ops, about half the time of pow-mean-add-rsqrt-mul
-            l2 = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-            return x * torch.addcmul(self.eps_t[which], l2, l2, value=1.0 / x.shape[-1]).rsqrt_()
-        return _norm((self.layer.input_layernorm, self.layer.post_attention_layernorm)[which], eps, x)
+        if self.fold[which]:
+            return _weightless_norm(x, self.eps_t[which])
+        return _norm((self.layer.input_layernorm, self.layer.post_attention_layernorm)[which], self.norm_eps[which], x)
 
     @staticmethod
     def linear(module, x):
@@ -212,10 +233,8 @@ class _Layer:
         n, nq, nkv, d = len(h), self.nq, self.nkv, self.head_dim
         x = self.norm(0, h)
         half = d // 2
-        if self.rotate_folded:  # the product holds the swapped halves too: rotation is two ops
-            qkv = F.linear(x, self.qkv_w, self.qkv_b).view(n, 2 * nq + 3 * nkv, d)
-            qk = torch.addcmul(qkv[:, : nq + nkv] * cos, qkv[:, nq + 2 * nkv:], sin)
-            return qk[:, :nq], qk[:, nq:], qkv[:, nq + nkv: nq + 2 * nkv]
+        if self.rotate_folded:
+            return _rotate_folded(F.linear(x, self.qkv_w, self.qkv_b).view(n, 2 * nq + 3 * nkv, d), cos, sin, nq, nkv)
         if self.fuse_qkv:
             qkv = F.linear(x, self.qkv_w, self.qkv_b).view(n, nq + 2 * nkv, d)
             if self.q_norm is None:  # rotate queries and keys in one go
@@ -239,6 +258,71 @@ class _Layer:
         gate, up = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
         act = self.act(gate) * up
         return torch.addmm(h, act, self.down_w) if self.down_w is not None else h + self.linear(self.mlp.down_proj, act)
+
+
+class _StackedLayer:
+    """The same layer of G same-shaped models (one per view), their fused weights stacked, so that a decode
+    step runs every view's rows in one batched product per projection (``bmm``; at two threads one
+    costs about as much as a single view's product). Rows come group-major, the same count per group.
+    Same interface as :class:`_Layer` (``qkv``, ``finish``) for the rows of all groups together."""
+
+    def __init__(self, layers: list[_Layer]):
+        first = layers[0]
+        self.nq, self.nkv, self.head_dim, self.q_scale = first.nq, first.nkv, first.head_dim, first.q_scale
+        self.eps_t = first.eps_t
+        self.qkv_w = torch.stack([lay.qkv_w.t() for lay in layers])  # [G, hidden, out]
+        self.qkv_b = torch.stack(([lay.qkv_b for lay in layers]))[:, None] if first.qkv_b is not None else None
+        self.o_w = torch.stack([lay.o_w for lay in layers])
+        self.gate_up_w = torch.stack([lay.gate_up_w.t() for lay in layers])
+        self.down_w = torch.stack([lay.down_w for lay in layers])
+        self.groups = len(layers)
+
+    def qkv(self, h, cos, sin):
+        x = _weightless_norm(h, self.eps_t[0]).view(self.groups, -1, h.shape[-1])
+        qkv = torch.baddbmm(self.qkv_b, x, self.qkv_w) if self.qkv_b is not None else torch.bmm(x, self.qkv_w)
+        return _rotate_folded(qkv.view(len(h), -1, self.head_dim), cos, sin, self.nq, self.nkv)
+
+    def finish(self, h, out):
+        g = self.groups
+        h = torch.baddbmm(h.view(g, -1, h.shape[-1]), out.view(g, -1, out.shape[-1]), self.o_w)
+        gate, up = torch.bmm(_weightless_norm(h, self.eps_t[1]), self.gate_up_w).chunk(2, dim=-1)
+        return torch.baddbmm(h, F.silu(gate) * up, self.down_w).view(-1, h.shape[-1])
+
+
+class _Stacked:
+    """G decoders' weights stacked for one decode loop over all their rows (see :func:`decode_views`):
+    embeddings, layers and the LM head (final norm weights folded in). Copies, made from the fused
+    weights of each decoder's last refresh."""
+
+    def __init__(self, decoders: list["CachedDecoder"]):
+        self.refreshes = tuple(d.refreshes for d in decoders)
+        self.groups = len(decoders)
+        self.layers = [_StackedLayer(list(lays)) for lays in zip(*(d.layers for d in decoders))]
+        embeds = [d.decoder.embed_tokens.weight.detach() for d in decoders]
+        self.vocab = embeds[0].shape[0]
+        self.embeddings = torch.cat(embeds)  # group g's token t is row g * vocab + t
+        self.final_eps = decoders[0].layers[0].eps_t[0].new_tensor([decoders[0]._final_eps])
+        self.head_w = torch.stack([(d.head.weight.detach() * d.decoder.norm.weight.detach()).t() for d in decoders])
+
+    @staticmethod
+    def possible(decoders: list["CachedDecoder"]) -> bool:
+        """Whether these decoders (weights refreshed) can run stacked: same architecture and shapes, every
+        layer :attr:`_Layer.folded`, plain embeddings, a plain final RMSNorm and an LM head without bias."""
+        first = decoders[0]
+        config = first.decoder.config.to_dict()
+        shapes = [[(p.shape, p.dtype, p.device) for p in d.params] for d in decoders]
+        return (len(decoders) > 1 and all(d.decoder.config.to_dict() == config for d in decoders)
+                and all(s == shapes[0] for s in shapes)
+                and all(lay.folded and lay.act is F.silu for d in decoders for lay in d.layers)
+                and all(type(d.decoder.embed_tokens) is torch.nn.Embedding and _plain_linear(d.head)
+                        and d.head.bias is None and d._final_eps is not None for d in decoders))
+
+    def embed(self, token, group):
+        return F.embedding(token + group * self.vocab, self.embeddings)
+
+    def logits(self, h):
+        x = _weightless_norm(h, self.final_eps).view(self.groups, -1, h.shape[-1])
+        return torch.bmm(x, self.head_w).view(len(h), -1)
 
 
 @dataclass
@@ -283,6 +367,8 @@ class CachedDecoder:
         self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
         self._rope = None  # cos and signed sin by position, made per call
         self._final_eps = _rms_eps(decoder.norm)
+        self.refreshes = 0  # how often the fused weights were rebuilt (a stack of them is rebuilt after)
+        self._stack: tuple[tuple, _Stacked] | None = None  # the decoders of the last stacked call, their stack
 
     def _rotary(self, h, positions):
         """``(cos, signed sin)`` at flat ``positions [N]``, ``[N, 1, head_dim]``: from the table made for
@@ -306,14 +392,18 @@ class CachedDecoder:
     def _final_norm(self, h):
         return _norm(self.decoder.norm, self._final_eps, h)
 
-    def _step(self, token, positions, bias, cache, col: int):
+    def logits(self, h):
+        """LM head logits of a decode step's last hidden states (before the final norm)."""
+        return _Layer.linear(self.head, self._final_norm(h))
+
+    def _step(self, token, positions, bias, cache, col: int, stack: _Stacked | None = None, group=None):
         """One decode step: each row's ``token [B]`` at column ``col`` (its key/values written there);
-        ``bias [B, 1, 1, col + 1]`` is added to the attention scores (-inf on padding). Returns the
-        final hidden states ``[B, hidden]``."""
-        h = self.decoder.embed_tokens(token)
+        ``bias [B, 1, 1, col + 1]`` is added to the attention scores (-inf on padding). With ``stack``,
+        the rows are its groups' (``group [B]``: each row's), group-major. Returns the logits ``[B, V]``."""
+        h = stack.embed(token, group) if stack is not None else self.decoder.embed_tokens(token)
         cos, sin = self._rotary(h, positions)
         batch, end = len(token), col + 1
-        for lay, (keys, values) in zip(self.layers, cache):
+        for lay, (keys, values) in zip(stack.layers if stack is not None else self.layers, cache):
             q, k, v = lay.qkv(h, cos, sin)
             keys[:, :, col], values[:, :, col] = k, v
             # one query per row: two batched products read the cache once (faster than SDPA's kernel here)
@@ -321,7 +411,7 @@ class CachedDecoder:
             scores = torch.add(bias, torch.matmul(qg, keys[:, :, :end].transpose(2, 3)), alpha=lay.q_scale)
             out = torch.matmul(scores.softmax(-1), values[:, :, :end]).view(batch, -1)
             h = lay.finish(h, out)
-        return self._final_norm(h)
+        return stack.logits(h) if stack is not None else self.logits(h)
 
     def _prefill(self, ids, positions, segments, cache):
         """Run the prompt tokens ``ids [N]`` (flat, no padding) and write their key/values.
@@ -389,6 +479,7 @@ class CachedDecoder:
             for lay in self.layers:
                 lay.refresh()
             self._kept, self._weights_stamp = [], stamp
+            self.refreshes += 1
 
     def weights_changed(self) -> None:
         """Rebuild the fused weights and drop the kept key/values at the next call, whatever the versions say."""
@@ -411,7 +502,6 @@ class CachedDecoder:
             out.append(hit)
         return out
 
-    @torch.no_grad()
     def decode(self, prompts: Sequence[Sequence[int]], pick: Callable, *, max_new_tokens: int,
                stop_ids: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate up to ``max_new_tokens`` per prompt.
@@ -421,102 +511,18 @@ class CachedDecoder:
         a row's entries after its first stop id are padding (``pad_id``, 0.0). A prompt that extends
         a sequence decoded by the previous ``generate`` call (see :meth:`new_call`) reuses its key/values.
         """
-        device = self.head.weight.device
-        self._check_weights()
-        unique: dict[tuple, int] = {}
-        rows = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
-        firsts = list(unique)
-        reuse = self._reusable(firsts)
-        width = max(len(p) for p in firsts)
-        batch, total = len(firsts), width + max_new_tokens
-        dtype = self.decoder.embed_tokens.weight.dtype
-        shape = (batch, self.num_kv_heads, total, self.head_dim)
-        # zeros, not empty: padding columns are read (with zero weight) and must hold finite numbers
-        cache = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-                 for _ in self.layers]
-        starts = [width - len(p) for p in firsts]  # rows are left-padded: a prompt ends at column ``width``
-        have = [n for n, _ in reuse]  # each prompt's leading tokens whose key/values are in the cache
-        for r, (n, entry) in enumerate(reuse):
-            if n:
-                self._copy_in(cache, r, starts[r], entry.cache, entry.row, entry.start, n)
-        self.reused_tokens += sum(have)
-        self._rope = self._rope_table(total, dtype, device)
-        shared = self._shared_prefix(firsts, have)
-        if shared:  # computed once, copied into every row that lacks it
-            n = len(shared)
-            one = (1, self.num_kv_heads, n, self.head_dim)
-            part = [(torch.empty(one, dtype=dtype, device=device), torch.empty(one, dtype=dtype, device=device))
-                    for _ in self.layers]  # every column is written
-            self._prefill(torch.tensor(shared, device=device), torch.arange(n, device=device), [(0, 0, n, 0)], part)
-            lacking = [r for r in range(batch) if have[r] < n]
-            for r in lacking:
-                self._copy_in(cache, r, starts[r], part, 0, 0, n)
-                have[r] = n
-            self.prefill_tokens += n
-            self.reused_tokens += n * (len(lacking) - 1)
-        self.prefill_tokens += sum(len(p) - h for p, h in zip(firsts, have))
-        # each row computes only the tokens it does not have: no padding, so no arithmetic on it
-        segments = [(r, starts[r] + have[r], len(p) - have[r], starts[r]) for r, p in enumerate(firsts)]
-        hidden = []
-        for chunk in self._prefill_chunks(segments):
-            ids = torch.tensor([t for r, _, _, _ in chunk for t in firsts[r][have[r]:]], device=device)
-            positions = torch.tensor([i for r, _, _, _ in chunk for i in range(have[r], len(firsts[r]))], device=device)
-            hidden.append(self._prefill(ids, positions, chunk, cache))
-        hidden = torch.cat(hidden)
-        lengths = torch.tensor([len(p) for p in firsts], device=device)
-        # decoding adds this to the attention scores: -inf on padding, 0 elsewhere (a column is read only
-        # once its token is written, so the generated ones need no masking)
-        cols = torch.arange(total, device=device)
-        bias = torch.zeros((batch, 1, 1, total), dtype=dtype, device=device).masked_fill_(
-            (cols < torch.tensor(starts, device=device)[:, None])[:, None, None], float("-inf"))
-        if batch < len(prompts):  # prompts that were the same share one prefill
-            index = torch.tensor(rows, device=device)
-            cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
-            hidden, bias, lengths = hidden[index], bias[index], lengths[index]
-        n = len(prompts)
-        out_ids = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
-        out_lps = torch.zeros((n, max_new_tokens), device=device)
-        live = torch.arange(n, device=device)  # original row of each batch row
-        stops = torch.tensor(list(stop_ids), device=device)
-        done = torch.zeros(n, dtype=torch.bool, device=device)
-        decoded = []  # (original row, its cache, its batch row, generated tokens fed so far, the cache's first column)
-        check = 1 if device.type == "cpu" else 8  # a host sync per check costs on accelerators
-        for step in range(max_new_tokens):
-            token, logprob = pick(_Layer.linear(self.head, hidden).float())
-            token = token.view(-1)
-            out_ids[live, step] = token
-            out_lps[live, step] = logprob
-            stopped = torch.isin(token, stops) | done
-            if step + 1 == max_new_tokens:
-                break
-            if (step + 1) % check == 0:
-                remaining = int((~stopped).sum())
-                if remaining == 0:
-                    break
-                if remaining <= len(live) // 2:  # drop finished rows (the copy is amortised)
-                    decoded += self._keep_finished(stopped.nonzero().view(-1), live, cache, width, step,
-                                                   [len(firsts[rows[r]]) for r in live.tolist()])
-                    keep = (~stopped).nonzero().view(-1)
-                    live, token, stopped = live[keep], token[keep], stopped[keep]
-                    cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
-                    bias, lengths = bias[keep], lengths[keep]
-            done = stopped
-            col = width + step
-            hidden = self._step(token, lengths + step, bias[..., :col + 1], cache, col)
-        decoded += [(row, cache, b, step, 0) for b, row in enumerate(live.tolist())]
-        # entries after a row's first stop are whatever was sampled while it waited: clear them
-        is_stop = torch.isin(out_ids, stops).long()
-        after = (is_stop.cumsum(1) - is_stop) > 0
-        out_ids[after], out_lps[after] = pad_id, 0.0
-        out_ids, out_lps = out_ids.cpu(), out_lps.cpu()
-        generated = out_ids.tolist()
-        stop_set = set(int(t) for t in stop_ids)
-        for row, row_cache, b, fed, first_col in decoded:
-            gen = generated[row]
-            cut = next((j + 1 for j, t in enumerate(gen) if t in stop_set), len(gen))
-            prompt = firsts[rows[row]]
-            self._next.append(_Kept(prompt + tuple(gen[:min(fed, cut)]), row_cache, b, width - len(prompt) - first_col))
-        return out_ids, out_lps
+        return decode_views([self], prompts, [0] * len(prompts), pick, max_new_tokens=max_new_tokens,
+                            stop_ids=stop_ids, pad_id=pad_id)
+
+    def _stacked(self, decoders: list["CachedDecoder"]) -> _Stacked | None:
+        """These decoders' weights stacked (made again after any of them rebuilt its fused weights),
+        or None when they cannot run stacked (see :meth:`_Stacked.possible`)."""
+        key = tuple(decoders)
+        if self._stack is not None and self._stack[0] == key \
+                and self._stack[1].refreshes == tuple(d.refreshes for d in decoders):
+            return self._stack[1]
+        self._stack = (key, _Stacked(decoders)) if _Stacked.possible(decoders) else None
+        return self._stack[1] if self._stack is not None else None
 
     @staticmethod
     def _copy_in(cache, row: int, col: int, source, source_row: int, source_col: int, n: int) -> None:
@@ -547,3 +553,179 @@ class CachedDecoder:
         used = slice(first_col, width + fed)
         part = [(k[:, :, used].index_select(0, gone), v[:, :, used].index_select(0, gone)) for k, v in cache]
         return [(int(live[b]), part, j, fed, first_col) for j, b in enumerate(gone.tolist())]
+
+
+@torch.no_grad()
+def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[int]], views: Sequence[int],
+                 pick: Callable, *, max_new_tokens: int, stop_ids: Sequence[int],
+                 pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`CachedDecoder.decode` for prompts of several views at once: prompt ``i`` runs with the weights
+    of ``decoders[views[i]]`` (a student and its frozen teacher, say), every row in one decode loop.
+
+    Each view prefills its own prompts; the decode steps run all rows together with the views' weights
+    stacked (:class:`_Stacked`), so a step costs little more than one view's, and the loop lasts as
+    long as the longest row of any view rather than the sum of two loops. Views get the same number
+    of rows (the fewer are padded with one-token rows, whose output is dropped). Where the weights
+    cannot be stacked (LoRA layers, another dtype, different shapes), each view decodes on its own.
+    """
+    groups = len(decoders)
+    if len(views) != len(prompts) or any(not 0 <= v < groups for v in views):
+        raise ValueError(f"decode_views: one view in 0..{groups - 1} per prompt, got {list(views)!r}")
+    if not prompts:
+        return torch.zeros((0, max_new_tokens), dtype=torch.long), torch.zeros((0, max_new_tokens))
+    for d in decoders:
+        d._check_weights()
+    present = sorted(set(views))
+    stack = decoders[0]._stacked(list(decoders)) if len(present) > 1 else None
+    if len(present) > 1 and stack is None:  # one loop per view
+        ids = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long)
+        lps = torch.zeros((len(prompts), max_new_tokens))
+        for v in present:
+            rows = [i for i, w in enumerate(views) if w == v]
+            ids[rows], lps[rows] = decode_views([decoders[v]], [prompts[i] for i in rows], [0] * len(rows), pick,
+                                                max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id)
+        return ids, lps
+    if stack is None:  # one view: its decoder runs alone
+        decoders, views, groups = [decoders[present[0]]], [0] * len(prompts), 1
+    first = decoders[0]
+    device = first.head.weight.device
+    n = len(prompts)
+    # slots: the distinct prompts of each view, view-major (the same prompt twice is prefilled once)
+    per_view = [[i for i in range(n) if views[i] == v] for v in range(groups)]
+    width_rows = max(map(len, per_view))  # rows per view in the stacked loop
+    slot_of: dict[tuple, int] = {}
+    for v, rows in enumerate(per_view):
+        for i in rows:
+            slot_of.setdefault((v, tuple(prompts[i])), len(slot_of))
+        if stack is not None and len(rows) < width_rows:  # padding rows: one token, output dropped
+            slot_of[(v, None)] = len(slot_of)
+    slots = sorted(slot_of, key=slot_of.get)
+    firsts = [p if p is not None else (pad_id,) for _, p in slots]
+    slot_view = [v for v, _ in slots]
+    # decode rows: view-major; each a slot and an output row (n: the sink that padding rows write to)
+    if stack is None:
+        row_slot, row_out = [slot_of[(0, tuple(p))] for p in prompts], list(range(n))
+    else:
+        row_slot, row_out = [], []
+        for v, rows in enumerate(per_view):
+            row_slot += [slot_of[(v, tuple(prompts[i]))] for i in rows] + [slot_of.get((v, None))] * (width_rows - len(rows))
+            row_out += rows + [n] * (width_rows - len(rows))
+    reuse = [None] * len(slots)
+    for v in range(groups):
+        mine = [s for s in range(len(slots)) if slot_view[s] == v and slots[s][1] is not None]
+        for s, hit in zip(mine, decoders[v]._reusable([firsts[s] for s in mine])):
+            reuse[s] = hit
+    reuse = [hit or (0, None) for hit in reuse]
+    width = max(len(p) for p in firsts)
+    batch, total = len(slots), width + max_new_tokens
+    dtype = first.decoder.embed_tokens.weight.dtype
+    shape = (batch, first.num_kv_heads, total, first.head_dim)
+    # zeros, not empty: padding columns are read (with zero weight) and must hold finite numbers
+    cache = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+             for _ in first.layers]
+    starts = [width - len(p) for p in firsts]  # rows are left-padded: a prompt ends at column ``width``
+    have = [k for k, _ in reuse]  # each prompt's leading tokens whose key/values are in the cache
+    for r, (k, entry) in enumerate(reuse):
+        if k:
+            CachedDecoder._copy_in(cache, r, starts[r], entry.cache, entry.row, entry.start, k)
+            decoders[slot_view[r]].reused_tokens += k
+    logits = []
+    for v, d in enumerate(decoders):
+        d._rope = d._rope_table(total, dtype, device)
+        mine = [s for s in range(len(slots)) if slot_view[s] == v]
+        real = [s for s in mine if slots[s][1] is not None]
+        shared = d._shared_prefix([firsts[s] for s in real], [have[s] for s in real]) if real else ()
+        if shared:  # computed once, copied into every row that lacks it
+            k = len(shared)
+            one = (1, d.num_kv_heads, k, d.head_dim)
+            part = [(torch.empty(one, dtype=dtype, device=device), torch.empty(one, dtype=dtype, device=device))
+                    for _ in d.layers]  # every column is written
+            d._prefill(torch.tensor(shared, device=device), torch.arange(k, device=device), [(0, 0, k, 0)], part)
+            lacking = [s for s in real if have[s] < k]
+            for s in lacking:
+                CachedDecoder._copy_in(cache, s, starts[s], part, 0, 0, k)
+                have[s] = k
+            d.prefill_tokens += k
+            d.reused_tokens += k * (len(lacking) - 1)
+        d.prefill_tokens += sum(len(firsts[s]) - have[s] for s in mine)
+        # each row computes only the tokens it does not have: no padding, so no arithmetic on it
+        segments = [(s, starts[s] + have[s], len(firsts[s]) - have[s], starts[s]) for s in mine]
+        for chunk in d._prefill_chunks(segments):
+            ids = torch.tensor([t for s, _, _, _ in chunk for t in firsts[s][have[s]:]], device=device)
+            positions = torch.tensor([i for s, _, _, _ in chunk for i in range(have[s], len(firsts[s]))], device=device)
+            logits.append(_Layer.linear(d.head, d._prefill(ids, positions, chunk, cache)))
+    logits = torch.cat(logits)  # slots are view-major, so this is slot order
+    lengths = torch.tensor([len(p) for p in firsts], device=device)
+    # decoding adds this to the attention scores: -inf on padding, 0 elsewhere (a column is read only
+    # once its token is written, so the generated ones need no masking)
+    cols = torch.arange(total, device=device)
+    bias = torch.zeros((batch, 1, 1, total), dtype=dtype, device=device).masked_fill_(
+        (cols < torch.tensor(starts, device=device)[:, None])[:, None, None], float("-inf"))
+    if row_slot != list(range(batch)):  # prompts that were the same share one prefill; padding rows
+        index = torch.tensor(row_slot, device=device)
+        cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
+        logits, bias, lengths = logits[index], bias[index], lengths[index]
+    out_ids = torch.full((n + 1, max_new_tokens), pad_id, dtype=torch.long, device=device)  # row n: the sink
+    out_lps = torch.zeros((n + 1, max_new_tokens), device=device)
+    live = torch.tensor(row_out, device=device)  # output row of each batch row
+    group = torch.tensor([slot_view[s] for s in row_slot], device=device)  # view of each batch row
+    stops = torch.tensor(list(stop_ids), device=device)
+    done = live == n  # padding rows are done from the start
+    decoded = []  # (output row, its cache, its batch row, generated tokens fed so far, the cache's first column)
+    check = 1 if device.type == "cpu" else 8  # a host sync per check costs on accelerators
+    step = 0
+    for step in range(max_new_tokens):
+        token, logprob = pick(logits.float())
+        token = token.view(-1)
+        out_ids[live, step] = token
+        out_lps[live, step] = logprob
+        stopped = torch.isin(token, stops) | done
+        if step + 1 == max_new_tokens:
+            break
+        if (step + 1) % check == 0:
+            remaining = int((~stopped).sum())
+            if remaining == 0:
+                break
+            if remaining <= len(live) // 2:  # drop finished rows (the copy is amortised)
+                keep = _rows_to_keep(stopped, group, groups)
+                gone = torch.ones(len(live), dtype=torch.bool, device=device)
+                gone[keep] = False
+                gone = (gone & (live != n)).nonzero().view(-1)  # padding rows keep nothing
+                if len(gone):
+                    decoded += CachedDecoder._keep_finished(gone, live, cache, width, step, lengths.tolist())
+                live, token, stopped, group = live[keep], token[keep], stopped[keep], group[keep]
+                cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+                bias, lengths = bias[keep], lengths[keep]
+        done = stopped
+        col = width + step
+        logits = first._step(token, lengths + step, bias[..., :col + 1], cache, col, stack, group)
+    decoded += [(row, cache, b, step, 0) for b, row in enumerate(live.tolist()) if row != n]
+    # entries after a row's first stop are whatever was sampled while it waited: clear them
+    out_ids, out_lps = out_ids[:n], out_lps[:n]
+    is_stop = torch.isin(out_ids, stops).long()
+    after = (is_stop.cumsum(1) - is_stop) > 0
+    out_ids[after], out_lps[after] = pad_id, 0.0
+    out_ids, out_lps = out_ids.cpu(), out_lps.cpu()
+    generated = out_ids.tolist()
+    stop_set = set(int(t) for t in stop_ids)
+    for row, row_cache, b, fed, first_col in decoded:
+        gen = generated[row]
+        cut = next((j + 1 for j, t in enumerate(gen) if t in stop_set), len(gen))
+        prompt = tuple(prompts[row])
+        decoders[views[row]]._next.append(
+            _Kept(prompt + tuple(gen[:min(fed, cut)]), row_cache, b, width - len(prompt) - first_col))
+    return out_ids, out_lps
+
+
+def _rows_to_keep(stopped, group, groups: int):
+    """Batch rows that go on after dropping finished ones: the live rows, and with several views (which
+    need as many rows each) as many finished rows of the views with fewer as make their counts equal."""
+    if groups == 1:
+        return (~stopped).nonzero().view(-1)
+    per_view = [((group == v) & ~stopped).nonzero().view(-1) for v in range(groups)]
+    count = max(len(rows) for rows in per_view)
+    keep = []
+    for v, rows in enumerate(per_view):
+        filler = ((group == v) & stopped).nonzero().view(-1)[: count - len(rows)]
+        keep += [rows, filler]
+    return torch.cat(keep)

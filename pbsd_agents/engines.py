@@ -3,7 +3,9 @@
 Every engine follows one contract (:class:`Engine`), checked by one test suite:
 
 - input: prompts as lists of token ids (never text), one :class:`SamplingParams` for the batch,
-  and ``teacher`` (True: the teacher's weights; with LoRA, the base model);
+  and ``teacher`` (True: the teacher's weights; with LoRA, the base model), or one such flag per
+  prompt for an engine whose ``mixed_views`` is true (:class:`HFEngine`; :func:`by_view` splits
+  such a call for any engine);
 - output: one :class:`Generation` per prompt, in order: the sampled ids up to and including the
   first stop (end-of-turn) token, the log-probability of each sampled id under the distribution
   it was actually sampled from (after temperature, top-k, top-p), and whether a stop token ended it.
@@ -30,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import tempfile
@@ -38,7 +39,7 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence, runtime_checkable
 
-__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "cut_at_stop", "sample_logits"]
+__all__ = ["Engine", "Generation", "HFEngine", "SamplingParams", "VLLMEngine", "by_view", "cut_at_stop", "sample_logits"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,16 @@ def cut_at_stop(ids: Sequence[int], logprobs: Sequence[float], stop_ids: Sequenc
         if t in stops:
             return Generation([int(x) for x in ids[: i + 1]], [float(x) for x in logprobs[: i + 1]], True)
     return Generation([int(x) for x in ids], [float(x) for x in logprobs], False)
+
+
+def by_view(engine, prompts: Sequence[Sequence[int]], sampling: SamplingParams, teacher: Sequence[bool]) -> list[Generation]:
+    """``engine.generate`` with one teacher flag per prompt, as one call per view (students first)."""
+    results: list[Generation | None] = [None] * len(prompts)
+    for view in sorted(set(teacher)):
+        rows = [i for i, t in enumerate(teacher) if t == view]
+        for i, gen in zip(rows, engine.generate([prompts[i] for i in rows], sampling, teacher=view)):
+            results[i] = gen
+    return results  # type: ignore[return-value]
 
 
 # ---- transformers ------------------------------------------------------------------------------
@@ -241,36 +252,59 @@ class HFEngine:
         self.pad_id = int(pad_id) if pad_id is not None else self.stop_ids[0]
         self._decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams, teacher: bool = False) -> list[Generation]:
+    mixed_views = True  # ``teacher`` may be one flag per prompt (see :meth:`generate`)
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+                 teacher: bool | Sequence[bool] = False) -> list[Generation]:
+        """One :class:`Generation` per prompt. ``teacher`` is one view for all prompts, or one flag per
+        prompt: the cached decoder then runs both views' rows in one loop when the teacher is a model
+        of its own (a frozen copy; not LoRA, whose views share modules), else one view after the other."""
         import torch
 
+        from .decoding import decode_views, supports
+
         prompts = [list(p) for p in prompts]
+        flags = [bool(teacher)] * len(prompts) if isinstance(teacher, bool) else [bool(t) for t in teacher]
+        if len(flags) != len(prompts):
+            raise ValueError(f"HFEngine.generate: {len(flags)} teacher flags for {len(prompts)} prompts")
         if not prompts:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("HFEngine.generate: every prompt needs at least one token")
+        views = sorted(set(flags))
+        together = self.decode == "cached" and self.policy.separate_teacher and supports(self.policy.model)
+        if len(views) > 1 and not together:
+            return by_view(self, prompts, sampling, flags)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         with contextlib.ExitStack() as stack:
-            model = stack.enter_context(self.policy.teacher() if teacher else self.policy.student())
-            was_training = model.training
-            model.eval()
-            stack.callback(model.train, was_training)
-            stack.enter_context(_plain_generation_config(model))
+            models = []
+            for view in views:
+                model = stack.enter_context(self.policy.teacher() if view else self.policy.student())
+                stack.callback(model.train, model.training)
+                model.eval()
+                stack.enter_context(_plain_generation_config(model))
+                models.append(model)
             generator = None
             if sampling.seed is not None:
-                generator = torch.Generator(device=self._device(model)).manual_seed(int(sampling.seed))
-            from .decoding import supports
+                generator = torch.Generator(device=self._device(models[0])).manual_seed(int(sampling.seed))
+            if self.decode == "cached" and supports(models[0]):
+                decoders = [self._decoder(model, view) for model, view in zip(models, views)]
+                for decoder in decoders:
+                    decoder.new_call()
 
-            if self.decode == "cached" and supports(model):
-                decoder = self._decoder(model, teacher)
-                decoder.new_call()
-                batch_fn = functools.partial(self._decode_batch, decoder=decoder)
+                def batch_fn(rows):
+                    ids, lps = decode_views(
+                        decoders, [prompts[i] for i in rows], [views.index(flags[i]) for i in rows],
+                        lambda logits: sample_logits(logits, sampling, generator),
+                        max_new_tokens=sampling.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id)
+                    return [cut_at_stop(i, lp, self.stop_ids) for i, lp in zip(ids.tolist(), lps.tolist())]
             else:
-                batch_fn = self._generate_batch
+                def batch_fn(rows):
+                    return self._generate_batch(models[0], [prompts[i] for i in rows], sampling, generator)
             for start in range(0, len(order), self.batch_size):
                 rows = order[start: start + self.batch_size]
-                for i, gen in zip(rows, batch_fn(model, [prompts[i] for i in rows], sampling, generator)):
+                for i, gen in zip(rows, batch_fn(rows)):
                     results[i] = gen
         return results  # type: ignore[return-value]
 
@@ -300,12 +334,6 @@ class HFEngine:
         for per_view in self._decoders.values():
             for decoder in per_view.values():
                 decoder.forget()
-
-    def _decode_batch(self, model, prompts: list[list[int]], sampling: SamplingParams, generator, decoder) -> list[Generation]:
-        ids, lps = decoder.decode(
-            prompts, lambda logits: sample_logits(logits, sampling, generator),
-            max_new_tokens=sampling.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id)
-        return [cut_at_stop(i, lp, self.stop_ids) for i, lp in zip(ids.tolist(), lps.tolist())]
 
     def _generate_batch(self, model, prompts: list[list[int]], sampling: SamplingParams, generator) -> list[Generation]:
         import torch

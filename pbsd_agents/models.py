@@ -74,6 +74,11 @@ class Policy:
         else:
             yield self.model
 
+    @property
+    def separate_teacher(self) -> bool:
+        """Whether the teacher is a module of its own (the frozen copy), usable alongside the student."""
+        return self._teacher_copy is not None
+
     @contextlib.contextmanager
     def student(self) -> Iterator[torch.nn.Module]:
         yield self.model

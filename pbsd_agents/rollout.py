@@ -16,6 +16,8 @@ A trajectory's ``turns`` counts the assistant turns generated (an unfinished las
 ``view="student"`` generates from the student prompt with the student's weights; ``view="teacher"``
 from the teacher prompt (``env.teacher_messages``) with the teacher's weights. Both prompts are
 stored in every trajectory, which therefore has both views (see :class:`~pbsd_agents.trajectory.Trajectory`).
+A view per task collects both in lockstep: each round is then one engine call for both views
+where the engine takes mixed views (``mixed_views``), as the trainer collects a step's samples.
 
 :meth:`Collector.demonstrations` turns an env's oracle episodes into trajectories of the same form,
 with no model involved (offline SFT, ``--algo sft --algo-arg source=oracle``).
@@ -39,7 +41,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
-from .engines import Engine, Generation, SamplingParams
+from .engines import Engine, Generation, SamplingParams, by_view
 from .episode import VIEWS, Conversation, Episode
 from .trajectory import Segment, Trajectory
 
@@ -56,6 +58,7 @@ class _Rollout:
     student_prompt_ids: list[int]
     teacher_prompt_ids: list[int]
     context: list[int]  # the generating view's ids so far (prompt + segments)
+    view: str  # the generating view
     segments: list[Segment] = field(default_factory=list)
     used: int = 0  # segment tokens so far (the token budget's count)
 
@@ -86,7 +89,7 @@ class Collector:
         num_envs: most episodes run at once (the generation batch); environments are made once per
             env id and kwargs, and reused.
         progress: show a tqdm progress bar (per finished trajectory).
-        before_collect: called at the start of each ``collect`` with the view (used to push the
+        before_collect: called at the start of each ``collect`` with each view it collects (used to push the
             student's current adapter to a vLLM engine).
         after_round: called after each generation round (``train``, ``eval`` and ``rollout`` re-pick their
             CPU threads there).
@@ -163,7 +166,7 @@ class Collector:
 
     # ---- collection ----------------------------------------------------------------------------
 
-    def collect(self, env, tasks: Iterable, *, view: str = "student", sampling: SamplingParams | None = None,
+    def collect(self, env, tasks: Iterable, *, view: str | Sequence[str] = "student", sampling: SamplingParams | None = None,
                 temperature: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
                 max_turns: int | None = None, max_tokens: int = 4096, env_kwargs: dict | None = None,
                 progress: bool | None = None) -> list[Trajectory]:
@@ -174,7 +177,9 @@ class Collector:
                 an env instance, or a list of instances (at most that many episodes run at once).
             tasks: one entry per episode: a task index, ``{"index": i, "seed": s}``, or None (a random
                 task). The same index may appear several times (several samples of one task).
-            view: ``"student"`` or ``"teacher"``: which prompt and weights generate.
+            view: ``"student"`` or ``"teacher"``: which prompt and weights generate; or one of them per
+                task (a step's teacher and student samples, collected in lockstep: each round is one
+                engine call for both views when the engine takes mixed views).
             sampling: sampling settings; ``temperature``, ``max_new_tokens`` and ``seed`` override its fields.
             max_turns: assistant turns per episode (None: the environment's own limit only).
             max_tokens: token budget per trajectory, over the segments (the prompt is not counted).
@@ -183,15 +188,13 @@ class Collector:
             env, tasks, view=view, sampling=sampling, temperature=temperature, max_new_tokens=max_new_tokens,
             seed=seed, max_turns=max_turns, max_tokens=max_tokens, env_kwargs=env_kwargs, progress=progress)]
 
-    def collect_with_conversations(self, env, tasks: Iterable, *, view: str = "student",
+    def collect_with_conversations(self, env, tasks: Iterable, *, view: str | Sequence[str] = "student",
                                    sampling: SamplingParams | None = None, temperature: float | None = None,
                                    max_new_tokens: int | None = None, seed: int | None = None,
                                    max_turns: int | None = None, max_tokens: int = 4096,
                                    env_kwargs: dict | None = None,
                                    progress: bool | None = None) -> list[tuple[Trajectory, Conversation]]:
         """Like :meth:`collect`, with each trajectory's :class:`Conversation` (for re-rendering checks)."""
-        if view not in VIEWS:
-            raise ValueError(f"view must be 'student' or 'teacher', got {view!r}")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if max_turns is not None and max_turns < 1:
@@ -201,17 +204,22 @@ class Collector:
                                        ("seed", seed)) if v is not None}
         sampling = replace(sampling, **overrides)
         specs = [_task_spec(t) for t in tasks]
+        views = [view] * len(specs) if isinstance(view, str) else list(view)
+        if len(views) != len(specs) or any(v not in VIEWS for v in views):
+            raise ValueError(f"view must be 'student' or 'teacher', or one of them per task ({len(specs)}), got {view!r}")
         if not specs:
             return []
         envs, env_id = self._envs(env, min(self.num_envs, len(specs)), env_kwargs)
+        names = sorted(set(views), reverse=True)  # student before teacher
         if self.before_collect is not None:
-            self.before_collect(view)
+            for name in names:
+                self.before_collect(name)
 
         from tqdm.auto import tqdm
 
         show = self.progress if progress is None else progress
-        bar = tqdm(total=len(specs), desc=f"rollout ({view})", unit="traj", disable=not show, leave=False)
-        pending = deque(enumerate(specs))
+        bar = tqdm(total=len(specs), desc=f"rollout ({'+'.join(names)})", unit="traj", disable=not show, leave=False)
+        pending = deque(zip(range(len(specs)), specs, views))
         free = deque(envs)
         active: list[_Rollout] = []
         results: list[tuple[Trajectory, Conversation] | None] = [None] * len(specs)
@@ -220,22 +228,22 @@ class Collector:
         try:
             while pending or active:
                 while pending and free:
-                    order, spec = pending.popleft()
-                    active.append(self._start(free.popleft(), env_id, order, spec, view))
+                    order, spec, v = pending.popleft()
+                    active.append(self._start(free.popleft(), env_id, order, spec, v))
                 round_no += 1
                 rows = [min(sampling.max_new_tokens, max_tokens - ep.used) for ep in active]
                 step_sampling = replace(sampling, max_new_tokens=max(rows))
                 if sampling.seed is not None:
                     step_sampling = replace(step_sampling, seed=sampling.seed * 7919 + round_no)
-                gens = self.engine.generate([ep.context for ep in active], step_sampling, teacher=(view == "teacher"))
+                gens = self._generate([ep.context for ep in active], step_sampling, [ep.view == "teacher" for ep in active])
                 if len(gens) != len(active):
                     raise RuntimeError(f"engine returned {len(gens)} generations for {len(active)} prompts")
                 still = []
                 for ep, gen, limit in zip(active, gens, rows):
                     generated += min(len(gen.ids), limit)
-                    self._advance(ep, gen, limit, view, max_turns, max_tokens)
+                    self._advance(ep, gen, limit, max_turns, max_tokens)
                     if ep.episode.done:
-                        results[ep.order] = self._finish(ep, view)
+                        results[ep.order] = self._finish(ep)
                         free.append(ep.episode.env)
                         bar.update(1)
                     else:
@@ -250,6 +258,14 @@ class Collector:
             if forget is not None:  # key/values kept for the next round are not needed after the last one
                 forget()
         return results  # type: ignore[return-value]
+
+    def _generate(self, prompts: list[list[int]], sampling: SamplingParams, teacher: list[bool]) -> list[Generation]:
+        """One round's engine call: one for both views where the engine takes mixed views, else one per view."""
+        if len(set(teacher)) == 1:
+            return self.engine.generate(prompts, sampling, teacher=teacher[0])
+        if getattr(self.engine, "mixed_views", False):
+            return self.engine.generate(prompts, sampling, teacher=teacher)
+        return by_view(self.engine, prompts, sampling, teacher)
 
     # ---- demonstrations -------------------------------------------------------------------------
 
@@ -309,9 +325,10 @@ class Collector:
         s_ids = self.renderer.prompt_ids(conv.student_messages, conv.tools, tool_format=conv.tool_format)
         t_ids = self.renderer.prompt_ids(conv.teacher_messages, conv.tools, tool_format=conv.tool_format)
         return _Rollout(order=order, env_id=env_id, episode=episode, student_prompt_ids=s_ids, teacher_prompt_ids=t_ids,
-                        context=list(s_ids if view == "student" else t_ids))
+                        context=list(s_ids if view == "student" else t_ids), view=view)
 
-    def _advance(self, ep: _Rollout, gen: Generation, limit: int, view: str, max_turns: int | None, max_tokens: int) -> None:
+    def _advance(self, ep: _Rollout, gen: Generation, limit: int, max_turns: int | None, max_tokens: int) -> None:
+        view = ep.view
         ids, logprobs, finished = list(gen.ids), list(gen.logprobs), gen.finished
         if len(ids) > limit:  # this row's share of the batch's max_new_tokens (its budget) ran out
             ids, logprobs, finished = ids[:limit], logprobs[:limit], False
@@ -352,10 +369,10 @@ class Collector:
         episode.observe(obs)
 
     @staticmethod
-    def _finish(ep: _Rollout, view: str) -> tuple[Trajectory, Conversation]:
+    def _finish(ep: _Rollout) -> tuple[Trajectory, Conversation]:
         e = ep.episode
         traj = Trajectory(
-            env_id=ep.env_id, task_id=e.task_id or str(ep.order), source=view, privileged=e.privileged,
+            env_id=ep.env_id, task_id=e.task_id or str(ep.order), source=ep.view, privileged=e.privileged,
             student_prompt_ids=ep.student_prompt_ids, teacher_prompt_ids=ep.teacher_prompt_ids,
             segments=ep.segments, reward=e.reward, success=e.success, turns=e.turns, truncated=e.truncated,
             num_parse_errors=e.parse_errors, index=e.index, task_info=e.task_info,

@@ -261,18 +261,21 @@ class Trainer:
         tasks = self._tasks_for_step(step)
         self.policy.model.eval()
         groups = [TaskGroup(index=i) for i in tasks]
-        for view, per_task, temp in (
-            ("teacher", self.plan.teacher_samples,
-             cfg.temperature if self.plan.teacher_temperature is None else self.plan.teacher_temperature),
-            ("student", self.plan.student_samples, cfg.temperature),
-        ):
-            if not per_task:
-                continue
-            trajs = self.collector.collect(cfg.env, [i for i in tasks for _ in range(per_task)], env_kwargs=cfg.env_kwargs,
-                                           view=view, temperature=temp, max_new_tokens=cfg.max_new_tokens,
-                                           max_tokens=cfg.max_tokens)
-            for g, k in zip(groups, range(0, len(trajs), per_task)):
-                setattr(g, view, trajs[k : k + per_task])
+        teacher_temp = cfg.temperature if self.plan.teacher_temperature is None else self.plan.teacher_temperature
+        wanted = [(view, per_task, temp) for view, per_task, temp in (
+            ("teacher", self.plan.teacher_samples, teacher_temp), ("student", self.plan.student_samples, cfg.temperature),
+        ) if per_task]
+        # views sampled alike are collected together: their episodes run in lockstep, one engine call a round
+        for temp in dict.fromkeys(temp for _, _, temp in wanted):
+            runs = [(view, per_task) for view, per_task, t in wanted if t == temp]
+            trajs = self.collector.collect(
+                cfg.env, [i for _, per_task in runs for i in tasks for _ in range(per_task)], env_kwargs=cfg.env_kwargs,
+                view=[view for view, per_task in runs for _ in range(per_task * len(tasks))], temperature=temp,
+                max_new_tokens=cfg.max_new_tokens, max_tokens=cfg.max_tokens)
+            for view, per_task in runs:
+                mine, trajs = trajs[: per_task * len(tasks)], trajs[per_task * len(tasks):]
+                for g, k in zip(groups, range(0, len(mine), per_task)):
+                    setattr(g, view, mine[k: k + per_task])
         return Batch(groups=groups, temperature=cfg.temperature, step=step)
 
     def _demonstrations(self, step: int) -> Batch:

@@ -180,13 +180,17 @@ def trainer(engine: str, folder: str, device: str, quick: bool):
     engine = t.collector.engine
     generate = engine.generate
     engine.generate_s = 0.0
+    depth = [0]
 
     def timed(*args, **kwargs):  # the step's time inside the engine, apart from the envs and rendering
         t0 = now()
+        depth[0] += 1  # a call of both views split into one per view is counted once
         try:
             return generate(*args, **kwargs)
         finally:
-            engine.generate_s += now() - t0
+            depth[0] -= 1
+            if not depth[0]:
+                engine.generate_s += now() - t0
 
     engine.generate = timed
     return t

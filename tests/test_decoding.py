@@ -329,3 +329,93 @@ def test_auto_threads_follow_the_load_of_other_processes():
         assert CpuThreads(3).update() == 3 == torch.get_num_threads()  # a fixed count never moves
     finally:
         torch.set_num_threads(before)
+
+
+# ---- both views in one decode loop ----------------------------------------------------------------
+
+VIEWS = [False, True, True, False, True]  # teacher flags for PROMPTS: unequal counts, a repeated prompt
+
+
+def _student_and_teacher(kind: str = "qwen2"):
+    """A policy whose student has moved away from its frozen teacher copy (so the two views differ)."""
+    model = _model(kind)
+    policy = Policy(model, byte_tok())  # frozen_teacher: a teacher module of its own
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return policy
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_mixed_views_decode_each_row_with_its_views_weights(kind):
+    policy = _student_and_teacher(kind)
+    engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
+    mixed = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
+    student = engine._decoder(policy.model, False)
+    assert student._stack is not None  # the views' weights ran stacked
+    for view in (False, True):
+        rows = [i for i, v in enumerate(VIEWS) if v == view]
+        alone = engine.generate([PROMPTS[i] for i in rows], GREEDY, teacher=view)
+        assert [mixed[i].ids for i in rows] == [g.ids for g in alone]
+        for i, g in zip(rows, alone):
+            assert mixed[i].logprobs == pytest.approx(g.logprobs, abs=1e-4)
+    assert [g.ids for g in engine.generate(PROMPTS, GREEDY)] != [g.ids for g in engine.generate(PROMPTS, GREEDY, teacher=True)]
+
+
+def test_mixed_views_sample_exactly_the_distribution_of_each_view():
+    """At T=1 each row's log-probability is its own view's, recomputed by a plain forward."""
+    from pbsd_agents.algorithms.scoring import sequence_logprobs
+
+    policy = _student_and_teacher()
+    engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
+    out = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=12, seed=3), teacher=VIEWS)
+    for p, g, view in zip(PROMPTS, out, VIEWS):
+        with policy.teacher() if view else policy.student() as model:
+            _, (per_token,) = sequence_logprobs(model, [(p + g.ids, [0] * len(p) + [1] * len(g.ids))])
+        assert g.logprobs == pytest.approx(per_token.tolist(), abs=1e-4)
+
+
+def test_mixed_views_reuse_each_views_key_values_in_the_next_round():
+    policy = _student_and_teacher()
+    engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
+    first = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
+    second = _second_round(first)
+    decoders = [engine._decoder(policy.model, False)]
+    with policy.teacher() as teacher:
+        decoders.append(engine._decoder(teacher, True))
+    before = [d.reused_tokens for d in decoders]
+    got = engine.generate(second, GREEDY, teacher=VIEWS)
+    assert all(d.reused_tokens > b for d, b in zip(decoders, before))
+    fresh = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
+    assert [g.ids for g in got] == [g.ids for g in fresh.generate(second, GREEDY, teacher=VIEWS)]
+
+
+def test_views_that_cannot_stack_decode_one_after_the_other():
+    """float64 weights are not folded, so the stack is refused; each view then decodes alone, alike."""
+    policy = _student_and_teacher()
+    policy.model.to(torch.float64)
+    with policy.teacher() as teacher:
+        teacher.to(torch.float64)
+    engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
+    mixed = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
+    assert engine._decoder(policy.model, False)._stack is None
+    for view in (False, True):
+        rows = [i for i, v in enumerate(VIEWS) if v == view]
+        assert [mixed[i].ids for i in rows] == [g.ids for g in engine.generate([PROMPTS[i] for i in rows], GREEDY, teacher=view)]
+
+
+def test_mixed_views_with_lora_run_one_view_at_a_time():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    engine = HFEngine(Policy(model, byte_tok()), stop_ids=renderer_for("byte").stop_ids)
+    mixed = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
+    for view in (False, True):
+        rows = [i for i, v in enumerate(VIEWS) if v == view]
+        assert [mixed[i].ids for i in rows] == [g.ids for g in engine.generate([PROMPTS[i] for i in rows], GREEDY, teacher=view)]
+    with pytest.raises(ValueError, match="teacher flags"):
+        engine.generate(PROMPTS, GREEDY, teacher=[True])

@@ -159,3 +159,54 @@ def test_for_policy_builds_an_hf_collector():
     assert isinstance(c.engine, HFEngine) and c.num_envs == 8 and c.renderer.eot_token == "<|im_end|>"
     with pytest.raises(ValueError, match="valid choices: hf, hf-generate, vllm"):
         Collector.for_policy(policy, engine="sglang")
+
+
+def test_both_views_in_one_collection():
+    """A step's teacher and student samples in lockstep: one engine call a round for both views, the same
+    trajectories (greedy) as two collections, each with its own view's prompt and source."""
+    import torch
+
+    r = renderer_for("byte")
+    model = tiny_model("byte", hidden=32, layers=2, mean_turn=6.0)
+    policy = Policy(model, byte_tok())  # a frozen teacher copy; the student then moves away from it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    engine = HFEngine(policy, stop_ids=r.stop_ids)
+    calls = []
+    generate = engine.generate
+
+    def spy(prompts, sampling, teacher=False):
+        calls.append(teacher)
+        return generate(prompts, sampling, teacher=teacher)
+
+    engine.generate = spy
+    collector = Collector(engine, r, progress=False)
+    greedy = dict(temperature=0.0, max_new_tokens=16, max_turns=3)
+    views = ["teacher", "student", "teacher", "teacher", "student"]
+    tasks = [0, 0, 1, 2, 3]
+    both = collector.collect(TOY_ENV_ID, tasks, view=views, **greedy)
+    rounds = len(calls)
+    assert any(isinstance(c, list) and len(set(c)) == 2 for c in calls)  # a round with both views in one call
+    assert engine._decoder(model, False)._stack is not None  # and their weights ran stacked
+    for view in ("teacher", "student"):
+        rows = [i for i, v in enumerate(views) if v == view]
+        alone = collector.collect(TOY_ENV_ID, [tasks[i] for i in rows], view=view, **greedy)
+        for t, a in zip([both[i] for i in rows], alone):  # stacked products may round their last bits apart
+            assert [s.ids for s in t.segments] == [s.ids for s in a.segments] and t.reward == a.reward
+            assert [x for s in t.segments for x in s.logprobs or ()] == pytest.approx(
+                [x for s in a.segments for x in s.logprobs or ()], abs=1e-4)
+        assert all(t.source == view for t in alone)
+    assert rounds < len(calls) - rounds  # the two collections alone took more engine calls
+    for t in both:
+        assert check_trajectory(t, r) == []
+
+
+def test_both_views_with_an_engine_that_takes_one_view_per_call():
+    collector, engine = oracle_collector("byte", range(4))
+    trajs = collector.collect(TOY_ENV_ID, [0, 1, 2, 3], view=["student", "teacher", "teacher", "student"])
+    assert [t.source for t in trajs] == ["student", "teacher", "teacher", "student"]
+    assert all(isinstance(teacher, bool) for _, _, teacher in engine.calls)
+    assert [t.success for t in trajs] == [True] * 4
+    with pytest.raises(ValueError, match="one of them per task"):
+        collector.collect(TOY_ENV_ID, [0, 1], view=["student"])

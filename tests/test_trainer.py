@@ -132,3 +132,23 @@ def test_eval_of_a_final_checkpoint_repeats_the_trainers_last_evaluation(tiny_mo
     # env, its arguments, task count, pass@k, token limits and seed come from the run's config.yaml
     assert cli_main(["eval", "--model", str(out / "checkpoints" / "step_000001"), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out) == last
+
+
+@pytest.mark.parametrize("args,collections", [({}, [["teacher", "student"]]),
+                                              ({"teacher_temperature": 0.0}, [["teacher"], ["student"]])])
+def test_a_step_collects_views_sampled_alike_together(tiny_model, tmp_path, args, collections):
+    trainer = Trainer(small(tiny_model, tmp_path / "run", algo_args=args))
+    trainer.setup()
+    seen = []
+    collect = trainer.collector.collect
+
+    def spy(env, tasks, **kw):
+        seen.append(sorted(set([kw["view"]] if isinstance(kw["view"], str) else kw["view"]), reverse=True))
+        return collect(env, tasks, **kw)
+
+    trainer.collector.collect = spy
+    batch = trainer.collect_batch(1)
+    assert seen == collections
+    assert all(t.source == "teacher" for g in batch.groups for t in g.teacher)
+    assert all(t.source == "student" for g in batch.groups for t in g.student)
+    assert [t.index for g in batch.groups for t in g.teacher] == [t.index for g in batch.groups for t in g.student]

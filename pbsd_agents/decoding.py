@@ -260,6 +260,21 @@ class _Layer:
         return torch.addmm(h, act, self.down_w) if self.down_w is not None else h + self.linear(self.mlp.down_proj, act)
 
 
+STACK_BYTES = 256 * 2**20  # views of larger models decode one after the other (see _Stacked.possible)
+
+
+def _same_arithmetic(a: "CachedDecoder", b: "CachedDecoder") -> bool:
+    """Whether two decoders of the same shapes compute alike apart from their weights (a stack runs every
+    view with the first one's rotary table, epsilons and attention scale)."""
+    ra, rb = a.decoder.rotary_emb, b.decoder.rotary_emb
+    fa, fb = getattr(ra, "inv_freq", None), getattr(rb, "inv_freq", None)
+    return (fa is not None and fb is not None and torch.equal(fa, fb)
+            and getattr(ra, "rope_type", None) == getattr(rb, "rope_type", None)
+            and getattr(ra, "attention_scaling", 1.0) == getattr(rb, "attention_scaling", 1.0)
+            and a._final_eps == b._final_eps
+            and all(x.norm_eps == y.norm_eps and x.scale == y.scale for x, y in zip(a.layers, b.layers)))
+
+
 class _StackedLayer:
     """The same layer of G same-shaped models (one per view), their fused weights stacked, so that a decode
     step runs every view's rows in one batched product per projection (``bmm``; at two threads one
@@ -306,13 +321,15 @@ class _Stacked:
 
     @staticmethod
     def possible(decoders: list["CachedDecoder"]) -> bool:
-        """Whether these decoders (weights refreshed) can run stacked: same architecture and shapes, every
-        layer :attr:`_Layer.folded`, plain embeddings, a plain final RMSNorm and an LM head without bias."""
+        """Whether these decoders (weights refreshed) can run stacked: the same shapes and arithmetic
+        (rotary frequencies, norm epsilons, attention scale), every layer :attr:`_Layer.folded`, plain
+        embeddings, a plain final RMSNorm and an LM head without bias, and models under
+        ``STACK_BYTES`` each (the stack is one more copy of every view's weights)."""
         first = decoders[0]
-        config = first.decoder.config.to_dict()
         shapes = [[(p.shape, p.dtype, p.device) for p in d.params] for d in decoders]
-        return (len(decoders) > 1 and all(d.decoder.config.to_dict() == config for d in decoders)
-                and all(s == shapes[0] for s in shapes)
+        return (len(decoders) > 1 and all(s == shapes[0] for s in shapes)
+                and sum(p.numel() * p.element_size() for p in first.params) < STACK_BYTES
+                and all(_same_arithmetic(first, d) for d in decoders[1:])
                 and all(lay.folded and lay.act is F.silu for d in decoders for lay in d.layers)
                 and all(type(d.decoder.embed_tokens) is torch.nn.Embedding and _plain_linear(d.head)
                         and d.head.bias is None and d._final_eps is not None for d in decoders))

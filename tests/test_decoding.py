@@ -390,12 +390,19 @@ def test_mixed_views_reuse_each_views_key_values_in_the_next_round():
     assert [g.ids for g in got] == [g.ids for g in fresh.generate(second, GREEDY, teacher=VIEWS)]
 
 
-def test_views_that_cannot_stack_decode_one_after_the_other():
-    """float64 weights are not folded, so the stack is refused; each view then decodes alone, alike."""
+@pytest.mark.parametrize("change", ["float64", "teacher eps"])
+def test_views_that_cannot_stack_decode_one_after_the_other(change):
+    """float64 weights are not folded, and a teacher whose norms compute otherwise cannot share the
+    student's arithmetic: the stack is refused, and each view decodes alone, with its own arithmetic."""
     policy = _student_and_teacher()
-    policy.model.to(torch.float64)
     with policy.teacher() as teacher:
-        teacher.to(torch.float64)
+        if change == "float64":
+            policy.model.to(torch.float64)
+            teacher.to(torch.float64)
+        else:
+            for module in teacher.modules():
+                if hasattr(module, "variance_epsilon"):
+                    module.variance_epsilon = 0.5
     engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
     mixed = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
     assert engine._decoder(policy.model, False)._stack is None

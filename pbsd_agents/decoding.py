@@ -582,8 +582,10 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
     Each view prefills its own prompts; the decode steps run all rows together with the views' weights
     stacked (:class:`_Stacked`), so a step costs little more than one view's, and the loop lasts as
     long as the longest row of any view rather than the sum of two loops. Views get the same number
-    of rows (the fewer are padded with one-token rows, whose output is dropped). Where the weights
-    cannot be stacked (LoRA layers, another dtype, different shapes), each view decodes on its own.
+    of rows (the fewer are padded with one-token rows, whose output is dropped); once one view's rows
+    have all stopped, the other goes on with its own decoder. Where the weights cannot be stacked
+    (see :meth:`_Stacked.possible`: LoRA layers, another dtype than float32, per-head norms, other
+    arithmetic, models over ``STACK_BYTES``), each view decodes on its own.
     """
     groups = len(decoders)
     if len(views) != len(prompts) or any(not 0 <= v < groups for v in views):
@@ -690,7 +692,7 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
     done = live == n  # padding rows are done from the start
     decoded = []  # (output row, its cache, its batch row, generated tokens fed so far, the cache's first column)
     check = 1 if device.type == "cpu" else 8  # a host sync per check costs on accelerators
-    step = 0
+    step, tried = 0, -1  # tried: the live count at the last drop considered
     for step in range(max_new_tokens):
         token, logprob = pick(logits.float())
         token = token.view(-1)
@@ -703,16 +705,20 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
             remaining = int((~stopped).sum())
             if remaining == 0:
                 break
-            if remaining <= len(live) // 2:  # drop finished rows (the copy is amortised)
-                keep = _rows_to_keep(stopped, group, groups)
-                gone = torch.ones(len(live), dtype=torch.bool, device=device)
-                gone[keep] = False
-                gone = (gone & (live != n)).nonzero().view(-1)  # padding rows keep nothing
-                if len(gone):
-                    decoded += CachedDecoder._keep_finished(gone, live, cache, width, step, lengths.tolist())
-                live, token, stopped, group = live[keep], token[keep], stopped[keep], group[keep]
-                cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
-                bias, lengths = bias[keep], lengths[keep]
+            if remaining <= len(live) // 2 and remaining != tried:  # drop finished rows (the copy is amortised)
+                tried = remaining
+                keep, left = _rows_to_keep(stopped, group, groups if stack is not None else 1)
+                if len(keep) <= len(live) * 3 // 4:  # (fillers that equalise the views may leave too few to drop)
+                    if left is not None:  # one view still runs (all its rows kept): on with its own decoder
+                        stack, first = None, decoders[left]
+                    gone = torch.ones(len(live), dtype=torch.bool, device=device)
+                    gone[keep] = False
+                    gone = (gone & (live != n)).nonzero().view(-1)  # padding rows keep nothing
+                    if len(gone):
+                        decoded += CachedDecoder._keep_finished(gone, live, cache, width, step, lengths.tolist())
+                    live, token, stopped, group = live[keep], token[keep], stopped[keep], group[keep]
+                    cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+                    bias, lengths = bias[keep], lengths[keep]
         done = stopped
         col = width + step
         logits = first._step(token, lengths + step, bias[..., :col + 1], cache, col, stack, group)
@@ -734,15 +740,19 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
     return out_ids, out_lps
 
 
-def _rows_to_keep(stopped, group, groups: int):
-    """Batch rows that go on after dropping finished ones: the live rows, and with several views (which
-    need as many rows each) as many finished rows of the views with fewer as make their counts equal."""
+def _rows_to_keep(stopped, group, groups: int) -> tuple[torch.Tensor, int | None]:
+    """Batch rows that go on after dropping finished ones, and the view left when only one still runs
+    (else None). The live rows; with several views running stacked (each needs as many rows), also as
+    many finished rows of the views with fewer as make their counts equal."""
     if groups == 1:
-        return (~stopped).nonzero().view(-1)
+        return (~stopped).nonzero().view(-1), None
     per_view = [((group == v) & ~stopped).nonzero().view(-1) for v in range(groups)]
+    running = [v for v, rows in enumerate(per_view) if len(rows)]
+    if len(running) == 1:
+        return per_view[running[0]], running[0]
     count = max(len(rows) for rows in per_view)
     keep = []
     for v, rows in enumerate(per_view):
         filler = ((group == v) & stopped).nonzero().view(-1)[: count - len(rows)]
         keep += [rows, filler]
-    return torch.cat(keep)
+    return torch.cat(keep), None

@@ -117,7 +117,10 @@ def by_view(engine, prompts: Sequence[Sequence[int]], sampling: SamplingParams, 
     results: list[Generation | None] = [None] * len(prompts)
     for view in sorted(set(teacher)):
         rows = [i for i, t in enumerate(teacher) if t == view]
-        for i, gen in zip(rows, engine.generate([prompts[i] for i in rows], sampling, teacher=view)):
+        gens = engine.generate([prompts[i] for i in rows], sampling, teacher=view)
+        if len(gens) != len(rows):
+            raise RuntimeError(f"engine returned {len(gens)} generations for {len(rows)} prompts")
+        for i, gen in zip(rows, gens):
             results[i] = gen
     return results  # type: ignore[return-value]
 

@@ -286,7 +286,8 @@ def job_table(args, job: dict, title: str) -> list[str]:
     out.append(f"One trainer per engine and torch thread count, all alternating step by step; mean of {args.steps} "
                "step(s) each after a warm-up step. *In the engine* is the part of *collect* spent generating (the "
                "rest steps the environments, grades answers and renders turns); *teacher scoring* is part of *update*. "
-               "`hf` collects a step's teacher and student samples in one loop, the two views' weights stacked; "
+               "`hf` collects a step's teacher and student samples in one loop, the two views' weights stacked "
+               "(float32, the embedded model); "
                "`hf-generate` one view after the other.")
     out.append("")
     out.append(table(["engine, threads", "step (s)", "collect (s)", "in the engine (s)", "teacher scoring (s)", "update (s)",

@@ -426,3 +426,33 @@ def test_mixed_views_with_lora_run_one_view_at_a_time():
         assert [mixed[i].ids for i in rows] == [g.ids for g in engine.generate([PROMPTS[i] for i in rows], GREEDY, teacher=view)]
     with pytest.raises(ValueError, match="teacher flags"):
         engine.generate(PROMPTS, GREEDY, teacher=[True])
+
+
+def test_when_one_view_is_done_the_other_goes_on_alone(monkeypatch):
+    """Teacher rows stop early (their third greedy token is a stop id), student rows run on: the loop
+    drops the teacher's rows and continues with the student's decoder alone; tokens, log-probabilities
+    and the next round's reuse are as if each view had decoded by itself."""
+    from pbsd_agents import decoding
+
+    policy = _student_and_teacher()
+    probe = HFEngine(policy, stop_ids=[0])
+    rows = {view: [i for i, v in enumerate(VIEWS) if v == view] for view in (False, True)}
+    teacher_alone = probe.generate([PROMPTS[i] for i in rows[True]], GREEDY, teacher=True)
+    stops = sorted({g.ids[2] for g in teacher_alone})
+    student_alone = HFEngine(policy, stop_ids=stops).generate([PROMPTS[i] for i in rows[False]], GREEDY)
+    assert all(len(g.ids) > 3 for g in student_alone)  # the students run past the teachers' stops
+    left = []
+    rows_to_keep = decoding._rows_to_keep
+    monkeypatch.setattr(decoding, "_rows_to_keep", lambda *a: left.append(rows_to_keep(*a)[1]) or rows_to_keep(*a))
+    engine = HFEngine(policy, stop_ids=stops)
+    first = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
+    assert 0 in left  # the student view went on alone
+    for view in (False, True):
+        alone = HFEngine(policy, stop_ids=stops).generate([PROMPTS[i] for i in rows[view]], GREEDY, teacher=view)
+        assert [first[i].ids for i in rows[view]] == [g.ids for g in alone]
+        for i, g in zip(rows[view], alone):
+            assert first[i].logprobs == pytest.approx(g.logprobs, abs=1e-4)
+    second = _second_round(first)
+    fresh = HFEngine(policy, stop_ids=stops)
+    assert [g.ids for g in engine.generate(second, GREEDY, teacher=VIEWS)] == \
+        [g.ids for g in fresh.generate(second, GREEDY, teacher=VIEWS)]

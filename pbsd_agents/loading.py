@@ -184,7 +184,7 @@ def set_cpu_threads(requested: int = 0) -> int:
     ``requested`` > 0 is used as given. ``0`` (auto): one thread per CPU that other work leaves idle
     at the start (at least one). On an idle machine that is every core; when other processes keep the
     cores busy, torch's threads would wait for each other at every op, which made a step of the
-    main job 6.5 times as long as with one thread (measured in docs/BENCHMARKS.md, "shared machine").
+    main job 3-7 times as long as with one thread (docs/BENCHMARKS.md, "shared machine").
     """
     import torch
 

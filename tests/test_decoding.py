@@ -37,6 +37,18 @@ def _model(kind: str):
     return model.eval()
 
 
+def _lora_model(targets: list[str]):
+    """A Qwen2 with a non-zero LoRA adapter on ``targets``, so that student and teacher differ."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=targets))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
 def _engines(model, **kwargs):
     policy = Policy(model, byte_tok(), frozen_teacher=False)
     stops = renderer_for("byte").stop_ids
@@ -75,13 +87,7 @@ def test_unfused_projections_decode_alike():
 
 
 def test_lora_student_and_teacher_match_generate():
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "gate_proj"]))
-    with torch.no_grad():  # a non-zero adapter, so student and teacher differ
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
+    model = _lora_model(["q_proj", "v_proj", "gate_proj"])
     cached, reference = _engines(model)
     for teacher in (False, True):
         a = cached.generate(PROMPTS, GREEDY, teacher=teacher)
@@ -199,13 +205,7 @@ def test_kept_key_values_are_dropped_when_the_weights_change_or_on_forget():
 
 def test_views_keep_separate_key_values():
     """With LoRA one model serves both views: a teacher call must not reuse the student's key/values."""
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
+    model = _lora_model(["q_proj", "v_proj"])
     engine, reference = _engines(model)
     first = engine.generate(PROMPTS, GREEDY)
     second = _second_round(first)
@@ -412,13 +412,7 @@ def test_views_that_cannot_stack_decode_one_after_the_other(change):
 
 
 def test_mixed_views_with_lora_run_one_view_at_a_time():
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
+    model = _lora_model(["q_proj", "v_proj"])
     engine = HFEngine(Policy(model, byte_tok()), stop_ids=renderer_for("byte").stop_ids)
     mixed = engine.generate(PROMPTS, GREEDY, teacher=VIEWS)
     for view in (False, True):

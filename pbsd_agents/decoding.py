@@ -581,9 +581,10 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
 
     Each view prefills its own prompts; the decode steps run all rows together with the views' weights
     stacked (:class:`_Stacked`), so a step costs little more than one view's, and the loop lasts as
-    long as the longest row of any view rather than the sum of two loops. Views get the same number
-    of rows (the fewer are padded with one-token rows, whose output is dropped); once one view's rows
-    have all stopped, the other goes on with its own decoder. Where the weights cannot be stacked
+    long as the longest row of any view rather than the sum of two loops. Every view gets the same
+    number of rows: a view with fewer is padded with one-token rows whose output is dropped (with two
+    views that at most doubles the rows, against a whole loop's per-step costs saved). Once one
+    view's rows have all stopped, the other goes on with its own decoder. Where the weights cannot be stacked
     (see :meth:`_Stacked.possible`: LoRA layers, another dtype than float32, per-head norms, other
     arithmetic, models over ``STACK_BYTES``), each view decodes on its own.
     """

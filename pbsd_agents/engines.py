@@ -278,7 +278,11 @@ class HFEngine:
         together = self.decode == "cached" and self.policy.separate_teacher and supports(self.policy.model)
         if len(views) > 1 and not together:
             return by_view(self, prompts, sampling, flags)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        # batches of similar lengths, each with its share of every view (so that views stack in each)
+        per_view = [sorted((i for i in range(len(prompts)) if flags[i] == v), key=lambda i: len(prompts[i]))
+                    for v in views]
+        size = max(1, self.batch_size // len(views))
+        chunks = [[i for rows in per_view for i in rows[k: k + size]] for k in range(0, max(map(len, per_view)), size)]
         results: list[Generation | None] = [None] * len(prompts)
         with contextlib.ExitStack() as stack:
             models = []
@@ -305,8 +309,7 @@ class HFEngine:
             else:
                 def batch_fn(rows):
                     return self._generate_batch(models[0], [prompts[i] for i in rows], sampling, generator)
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start: start + self.batch_size]
+            for rows in chunks:
                 for i, gen in zip(rows, batch_fn(rows)):
                     results[i] = gen
         return results  # type: ignore[return-value]

@@ -450,3 +450,36 @@ def test_when_one_view_is_done_the_other_goes_on_alone(monkeypatch):
     fresh = HFEngine(policy, stop_ids=stops)
     assert [g.ids for g in engine.generate(second, GREEDY, teacher=VIEWS)] == \
         [g.ids for g in fresh.generate(second, GREEDY, teacher=VIEWS)]
+
+
+def test_views_far_apart_in_size_stack_with_padding_rows(monkeypatch):
+    """One teacher row against three student rows: two padding rows, whose output goes nowhere."""
+    policy = _student_and_teacher()
+    engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids)
+    stacked = []
+    step = CachedDecoder._step
+    monkeypatch.setattr(CachedDecoder, "_step", lambda self, *a: stacked.append(a[5] is not None) or step(self, *a))
+    views = [True, False, False, False]
+    mixed = engine.generate(PROMPTS[:4], GREEDY, teacher=views)
+    assert stacked[0]
+    for view in (False, True):
+        rows = [i for i, v in enumerate(views) if v == view]
+        assert [mixed[i].ids for i in rows] == [g.ids for g in engine.generate([PROMPTS[i] for i in rows], GREEDY, teacher=view)]
+
+
+def test_batches_of_mixed_views_hold_a_share_of_each_view(monkeypatch):
+    """With more prompts than ``batch_size``, each batch gets its share of both views, so each stacks."""
+    from pbsd_agents import decoding
+
+    policy = _student_and_teacher()
+    engine = HFEngine(policy, stop_ids=renderer_for("byte").stop_ids, batch_size=4)
+    calls = []
+    decode_views = decoding.decode_views
+    monkeypatch.setattr(decoding, "decode_views", lambda d, p, v, *a, **k: calls.append(list(v)) or decode_views(d, p, v, *a, **k))
+    prompts = PROMPTS[:4] + [p + [3] for p in PROMPTS[:4]]
+    views = [False] * 4 + [True] * 4
+    mixed = engine.generate(prompts, GREEDY, teacher=views)
+    assert [sorted(v) for v in calls] == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    for view in (False, True):
+        rows = [i for i, v in enumerate(views) if v == view]
+        assert [mixed[i].ids for i in rows] == [g.ids for g in engine.generate([prompts[i] for i in rows], GREEDY, teacher=view)]

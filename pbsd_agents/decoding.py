@@ -286,7 +286,7 @@ class _StackedLayer:
         self.nq, self.nkv, self.head_dim, self.q_scale = first.nq, first.nkv, first.head_dim, first.q_scale
         self.eps_t = first.eps_t
         self.qkv_w = torch.stack([lay.qkv_w.t() for lay in layers])  # [G, hidden, out]
-        self.qkv_b = torch.stack(([lay.qkv_b for lay in layers]))[:, None] if first.qkv_b is not None else None
+        self.qkv_b = torch.stack([lay.qkv_b for lay in layers])[:, None] if first.qkv_b is not None else None
         self.o_w = torch.stack([lay.o_w for lay in layers])
         self.gate_up_w = torch.stack([lay.gate_up_w.t() for lay in layers])
         self.down_w = torch.stack([lay.down_w for lay in layers])
@@ -610,26 +610,9 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
     first = decoders[0]
     device = first.head.weight.device
     n = len(prompts)
-    # slots: the distinct prompts of each view, view-major (the same prompt twice is prefilled once)
-    per_view = [[i for i in range(n) if views[i] == v] for v in range(groups)]
-    width_rows = max(map(len, per_view))  # rows per view in the stacked loop
-    slot_of: dict[tuple, int] = {}
-    for v, rows in enumerate(per_view):
-        for i in rows:
-            slot_of.setdefault((v, tuple(prompts[i])), len(slot_of))
-        if stack is not None and len(rows) < width_rows:  # padding rows: one token, output dropped
-            slot_of[(v, None)] = len(slot_of)
-    slots = sorted(slot_of, key=slot_of.get)
+    slots, row_slot, row_out = _layout(prompts, views, groups, stack is not None)
     firsts = [p if p is not None else (pad_id,) for _, p in slots]
     slot_view = [v for v, _ in slots]
-    # decode rows: view-major; each a slot and an output row (n: the sink that padding rows write to)
-    if stack is None:
-        row_slot, row_out = [slot_of[(0, tuple(p))] for p in prompts], list(range(n))
-    else:
-        row_slot, row_out = [], []
-        for v, rows in enumerate(per_view):
-            row_slot += [slot_of[(v, tuple(prompts[i]))] for i in rows] + [slot_of.get((v, None))] * (width_rows - len(rows))
-            row_out += rows + [n] * (width_rows - len(rows))
     reuse = [None] * len(slots)
     for v in range(groups):
         mine = [s for s in range(len(slots)) if slot_view[s] == v and slots[s][1] is not None]
@@ -739,6 +722,38 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
         decoders[views[row]]._next.append(
             _Kept(prompt + tuple(gen[:min(fed, cut)]), row_cache, b, width - len(prompt) - first_col))
     return out_ids, out_lps
+
+
+def _layout(prompts: Sequence[Sequence[int]], views: Sequence[int], groups: int, stacked: bool):
+    """Where each prompt goes in :func:`decode_views`: ``(slots, row_slot, row_out)``.
+
+    ``slots`` are what is prefilled, ``(view, prompt)``, view-major: each distinct prompt of a view once
+    (the k samples of a task share one prefill) and, when ``stacked``, ``(view, None)``: a one-token
+    padding prompt for a view with fewer rows than another. Decode rows are view-major too (so are the
+    stacked weights' groups): row ``r`` starts from slot ``row_slot[r]`` and writes output row
+    ``row_out[r]``, ``len(prompts)`` for a padding row (a sink, dropped).
+
+    Example:
+        >>> _layout([[1], [2], [1], [3]], [0, 0, 0, 1], 2, stacked=True)
+        ([(0, (1,)), (0, (2,)), (1, (3,)), (1, None)], [0, 1, 0, 2, 3, 3], [0, 1, 2, 3, 4, 4])
+    """
+    n = len(prompts)
+    per_view = [[i for i in range(n) if views[i] == v] for v in range(groups)]
+    rows_per_view = max(map(len, per_view))
+    slot_of: dict[tuple, int] = {}
+    for v, rows in enumerate(per_view):
+        for i in rows:
+            slot_of.setdefault((v, tuple(prompts[i])), len(slot_of))
+        if stacked and len(rows) < rows_per_view:
+            slot_of[(v, None)] = len(slot_of)
+    if not stacked:
+        return list(slot_of), [slot_of[(views[i], tuple(p))] for i, p in enumerate(prompts)], list(range(n))
+    row_slot, row_out = [], []
+    for v, rows in enumerate(per_view):
+        pad = rows_per_view - len(rows)
+        row_slot += [slot_of[(v, tuple(prompts[i]))] for i in rows] + [slot_of.get((v, None))] * pad
+        row_out += rows + [n] * pad
+    return list(slot_of), row_slot, row_out
 
 
 def _rows_to_keep(stopped, group, groups: int) -> tuple[torch.Tensor, int | None]:

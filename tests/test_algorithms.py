@@ -225,3 +225,59 @@ def test_length_groups_run_like_one_padded_batch():
         one.sum().backward()
     for a, p in zip(grouped, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_views_sharing_a_prompt_score_as_if_apart(attn):
+    """Views that start with the same prompt run it once, packed in one row; each one's log-probs and
+    gradients are those it gets scored alone."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from pbsd_agents.algorithms.scoring import sequence_logprobs, shared_prefix_rows
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn))
+    gen = torch.Generator().manual_seed(1)
+
+    def rand(n):
+        return torch.randint(1, 32, (n,), generator=gen).tolist()
+
+    prompts = [rand(80), rand(60)]
+    views = []
+    for prompt, tails in zip(prompts, ((30, 25, 1), (40, 12))):
+        for n in tails:  # an action token right after the prompt: predicted by the prompt's last token
+            tail = rand(n)
+            views.append((prompt + tail, [0] * len(prompt) + [int(i % 4 != 3) for i in range(n)]))
+    views.append((rand(50), [0] * 20 + [1] * 30))  # shares nothing: alone in its row
+    rows = shared_prefix_rows([ids for ids, _ in views])
+    assert sorted(len(m) for _, m in rows) == [1, 2, 3]
+    total, per_token = sequence_logprobs(model, views)
+    total.sum().backward()
+    packed = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for i, view in enumerate(views):
+        one, one_tokens = sequence_logprobs(model, [view])
+        assert torch.allclose(one_tokens[0], per_token[i], atol=1e-5)
+        one.sum().backward()
+    for a, p in zip(packed, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-5)
+
+
+def test_shared_prefix_rows_keep_rows_cheap():
+    """A row shares a prefix of at least SHARED_PREFIX_MIN tokens, its continuations add up to at most
+    ``ratio`` times the prefix's length, and every member keeps a token of its own."""
+    from pbsd_agents.algorithms.scoring import PACK_RATIO, SHARED_PREFIX_MIN, shared_prefix_rows
+
+    prompt = list(range(1, 61))
+    assert shared_prefix_rows([prompt[: SHARED_PREFIX_MIN - 1] + [1], prompt[: SHARED_PREFIX_MIN - 1] + [2]]) == \
+        [(0, [0]), (0, [1])]  # too short a prefix to share
+    assert shared_prefix_rows([prompt + [7] * 40, prompt + [8] * 40], ratio=1.0) == [(0, [0]), (0, [1])]  # 80 > 60
+    assert shared_prefix_rows([prompt + [7] * 40, prompt + [8] * 20, prompt + [9] * 20], ratio=1.0) == \
+        [(60, [0, 1]), (0, [2])]
+    long = int(PACK_RATIO * 60) // 2
+    assert shared_prefix_rows([prompt + [7] * long, prompt + [8] * long]) == [(60, [0, 1])]
+    assert shared_prefix_rows([prompt + [7] * long, prompt + [8] * (long + 1)]) == [(0, [0]), (0, [1])]
+    assert shared_prefix_rows([prompt, prompt]) == [(59, [0, 1])]  # the same sequence twice
+    for prefix, members in shared_prefix_rows([prompt[:k] + [99] for k in range(40, 61, 5)]):
+        assert prefix == 0 or prefix >= SHARED_PREFIX_MIN

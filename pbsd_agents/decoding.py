@@ -342,6 +342,62 @@ class _Stacked:
         return torch.bmm(x, self.head_w).view(len(h), -1)
 
 
+class _Segments:
+    """Attention of several prefill segments (see :meth:`CachedDecoder._prefill`) as one padded batch.
+
+    After the first turn a prefill is a few tokens per row (the observation and the next generation
+    prompt) attending to hundreds of kept ones: one SDPA call and two cache writes per row and layer
+    cost more in dispatch than in arithmetic. Here each layer writes every segment's key/values with one
+    indexed copy and runs two batched products over the rows' common column window, each segment's
+    queries padded to the longest and masked to its own columns.
+    """
+
+    MAX_SCORES = 2**24  # floats: a larger score matrix (long prompts) goes one segment at a time, through SDPA
+
+    def __init__(self, segments, device, dtype, num_heads: int):
+        rows = [r for r, _, _, _ in segments]
+        lengths = torch.tensor([n for _, _, n, _ in segments], device=device)
+        self.lo = min(first for _, _, _, first in segments)
+        self.hi = max(col + n for _, col, n, _ in segments)
+        self.width = max(n for _, _, n, _ in segments)
+        self.count = len(segments)
+        # the rows' cache as a slice when they are consecutive (no copy), else gathered
+        self.rows = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) \
+            else torch.tensor(rows, device=device)
+        self.seg = torch.repeat_interleave(torch.arange(len(segments), device=device), lengths)  # each token's segment
+        self.at = torch.cat([torch.arange(n, device=device) for _, _, n, _ in segments])  # its place in it
+        self.cache_row = torch.tensor(rows, device=device)[self.seg]
+        self.cache_col = torch.tensor([col for _, col, _, _ in segments], device=device)[self.seg] + self.at
+        # query j of segment s sees columns first_s .. col_s + j (padded queries: as its last real one)
+        cols = torch.arange(self.lo, self.hi, device=device)
+        j = torch.minimum(torch.arange(self.width, device=device)[None], lengths[:, None] - 1)  # [S, width]
+        first = torch.tensor([f for _, _, _, f in segments], device=device)
+        col = torch.tensor([c for _, c, _, _ in segments], device=device)
+        seen = (cols[None, None] >= first[:, None, None]) & (cols[None, None] <= (col[:, None] + j)[..., None])
+        self.bias = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))[:, None]
+
+    def fits(self, num_heads: int) -> bool:
+        return self.count * num_heads * self.width * (self.hi - self.lo) <= self.MAX_SCORES
+
+    def __call__(self, q, k, v, keys, values, scale: float, num_kv_heads: int):
+        """Write ``k``, ``v`` ``[N, kv heads, d]`` into the cache and return the attention output ``[N, heads * d]``."""
+        keys[self.cache_row, :, self.cache_col] = k
+        values[self.cache_row, :, self.cache_col] = v
+        s, w, (n, heads, d) = self.count, self.width, q.shape
+        group = heads // num_kv_heads
+        padded = q.new_zeros((s, w, heads, d))
+        padded[self.seg, self.at] = q
+        # the query heads of each key/value head together: [S, kv heads, group * width, d]
+        qg = padded.view(s, w, num_kv_heads, group, d).permute(0, 2, 3, 1, 4).reshape(s, num_kv_heads, group * w, d)
+        window = slice(self.lo, self.hi)
+        kw, vw = keys[self.rows, :, window], values[self.rows, :, window]
+        bias = self.bias if group == 1 else self.bias.repeat(1, 1, group, 1)
+        scores = torch.add(bias, torch.matmul(qg, kw.transpose(2, 3)), alpha=scale)
+        out = torch.matmul(scores.softmax(-1), vw)  # [S, kv heads, group * width, d]
+        out = out.view(s, num_kv_heads, group, w, d).permute(0, 3, 1, 2, 4).reshape(s, w, heads * d)
+        return out[self.seg, self.at]
+
+
 @dataclass
 class _Kept:
     """Key/values of one decoded row: ``tokens`` sit in ``cache`` row ``row`` from column ``start`` on."""
@@ -439,26 +495,30 @@ class CachedDecoder:
         """
         h = self.decoder.embed_tokens(ids)
         cos, sin = self._rotary(h, positions)
-        offsets, masks, off = [], [], 0
-        for _, col, n, first in segments:
-            offsets.append(off)
-            off += n
-            # causal with ``col - first`` kept keys before the first query (None: plain causal, its faster kernel)
-            masks.append(None if col == first else
-                         torch.arange(col + n - first, device=ids.device)[None] <= torch.arange(n, device=ids.device)[:, None] + (col - first))
+        attend = _Segments(segments, ids.device, h.dtype, self.num_heads) if len(segments) > 1 else None
+        if attend is not None and not attend.fits(self.num_heads):
+            attend = None
+        offsets = [sum(n for _, _, n, _ in segments[:i]) for i in range(len(segments))]
         gqa = self.num_kv_heads != self.num_heads
         for lay, (keys, values) in zip(self.layers, cache):
             q, k, v = lay.qkv(h, cos, sin)
-            outs = []
-            for (row, col, n, first), o, mask in zip(segments, offsets, masks):
-                keys[row, :, col:col + n] = k[o:o + n].transpose(0, 1)
-                values[row, :, col:col + n] = v[o:o + n].transpose(0, 1)
-                out = F.scaled_dot_product_attention(
-                    q[o:o + n].transpose(0, 1)[None], keys[row:row + 1, :, first:col + n],
-                    values[row:row + 1, :, first:col + n], attn_mask=mask, is_causal=mask is None,
-                    scale=lay.q_scale, enable_gqa=gqa)
-                outs.append(out[0].transpose(0, 1).reshape(n, -1))
-            h = lay.finish(h, torch.cat(outs) if len(outs) > 1 else outs[0])
+            if attend is not None:  # every segment in one batched product (a few tokens each, after the first turn)
+                out = attend(q, k, v, keys, values, lay.q_scale, self.num_kv_heads)
+            else:  # one at a time: SDPA's kernel, without a [tokens, keys] score matrix per segment
+                outs = []
+                for (row, col, n, first), o in zip(segments, offsets):
+                    keys[row, :, col:col + n] = k[o:o + n].transpose(0, 1)
+                    values[row, :, col:col + n] = v[o:o + n].transpose(0, 1)
+                    # causal with ``col - first`` kept keys before the first query (None: plain causal, its faster kernel)
+                    mask = None if col == first else (torch.arange(col + n - first, device=ids.device)[None]
+                                                      <= torch.arange(n, device=ids.device)[:, None] + (col - first))
+                    out = F.scaled_dot_product_attention(
+                        q[o:o + n].transpose(0, 1)[None], keys[row:row + 1, :, first:col + n],
+                        values[row:row + 1, :, first:col + n], attn_mask=mask, is_causal=mask is None,
+                        scale=lay.q_scale, enable_gqa=gqa)
+                    outs.append(out[0].transpose(0, 1).reshape(n, -1))
+                out = torch.cat(outs) if len(outs) > 1 else outs[0]
+            h = lay.finish(h, out)
         last = torch.tensor([o + n - 1 for o, (_, _, n, _) in zip(offsets, segments)], device=ids.device)
         return self._final_norm(h[last])
 

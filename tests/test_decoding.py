@@ -147,6 +147,40 @@ def test_prefill_in_row_chunks_decodes_like_one_prefill(monkeypatch):
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_prefill_segments_batched_or_one_at_a_time_decode_alike(kind, monkeypatch):
+    """Several rows' prefill runs as one padded batch (each segment masked to its own columns) or, past
+    ``_Segments.MAX_SCORES``, a row at a time through SDPA: the same tokens, in a first round and in one
+    that reuses kept key/values (GQA; Qwen3's per-head norms leave the attention scale unfolded)."""
+    import pbsd_agents.decoding as decoding
+
+    model = _model(kind)
+    with torch.no_grad():  # peaked attention, so that a key at the wrong position or row would show
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=12, seed=0)
+    batched = []
+    call = decoding._Segments.__call__
+    monkeypatch.setattr(decoding._Segments, "__call__", lambda self, *a: batched.append(1) or call(self, *a))
+    results = []
+    for limit in (decoding._Segments.MAX_SCORES, 0):
+        monkeypatch.setattr(decoding._Segments, "MAX_SCORES", limit)
+        engine, _ = _engines(model)
+        rounds = [engine.generate(PROMPTS, sampled)]
+        rounds.append(engine.generate(_second_round(rounds[0]), GREEDY))
+        results.append(rounds)
+        assert engine._decoder(model, False).reused_tokens > 0
+        if limit:
+            assert len(batched) == 2 * model.config.num_hidden_layers  # one prefill per round, every layer
+            batched.clear()
+    assert not batched
+    for a, b in zip(*results):
+        assert [g.ids for g in a] == [g.ids for g in b]
+        for x, y in zip(a, b):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+
+
 def test_finished_rows_keep_only_the_key_values_they_wrote():
     """Rows dropped mid-call keep copies of their own columns (not the whole batch cache, which must be
     freed), and a next call that extends them decodes exactly as from scratch."""

@@ -20,6 +20,10 @@ same machine and load; report ratios, not absolute times:
    and torch's default), all alternating step by step; mean step time split into collect, teacher
    scoring and update; the previous defaults (``hf-generate``, torch's threads) against the new ones
    (``hf``, ``--threads`` auto).
+3. **Scoring views that share a prompt**: forward and backward of the kit's scoring over K
+   continuations of each of 4 ``pbsd/ToolCall-v0`` student prompts (a PBSD pair: K=2; a GRPO
+   group: K=8), the prompt run once per row with its continuations packed behind it, against every
+   view run whole (``scoring.SHARED_PREFIX_MIN`` set out of reach), alternating.
 
 The report replaces the part of ``--out`` between ``<!-- bench_rollout -->`` markers (appended when absent).
 """
@@ -166,7 +170,54 @@ def bench_generation(args) -> list[dict]:
     return rows
 
 
-# ---- 2. and 3. the main job ----------------------------------------------------------------------
+# ---- 3. scoring views that share a prompt ------------------------------------------------------------
+
+
+def bench_scoring(args) -> list[dict]:
+    import torch
+
+    from pbsd_agents.algorithms import scoring
+
+    shares = scoring.SHARED_PREFIX_MIN
+    rows = []
+    for label, policy in models(args):
+        model = policy.model.train()
+        prompts = student_prompts(policy.renderer, 4)
+        pad = policy.tokenizer.pad_token_id or 0
+        for k, new in ((2, 8), (8, 8)) if args.quick else ((2, 64), (8, 64)):
+            gen = torch.Generator().manual_seed(0)
+            views = []
+            for prompt in prompts:
+                for _ in range(k):
+                    tail = torch.randint(3, model.config.vocab_size, (new,), generator=gen).tolist()
+                    views.append((prompt + tail, [0] * len(prompt) + [1] * new))
+            packed_rows = scoring.shared_prefix_rows([ids for ids, _ in views])
+            times = {"apart": [], "packed": []}
+            try:
+                for rep in range(1 + args.reps):
+                    for mode in (("apart", "packed") if rep % 2 else ("packed", "apart")):
+                        scoring.SHARED_PREFIX_MIN = shares if mode == "packed" else 1 << 60
+                        sync(args.device)
+                        t0 = now()
+                        total, _ = scoring.sequence_logprobs(model, views, pad_id=pad)
+                        total.sum().backward()
+                        sync(args.device)
+                        model.zero_grad(set_to_none=True)
+                        if rep:
+                            times[mode].append(now() - t0)
+            finally:
+                scoring.SHARED_PREFIX_MIN = shares
+            apart, packed = statistics.median(times["apart"]), statistics.median(times["packed"])
+            rows.append({"model": label, "k": k, "new": new, "prompt_mean": statistics.mean(map(len, prompts)),
+                         "tokens_apart": sum(len(ids) for ids, _ in views),
+                         "tokens_packed": sum(p + sum(len(views[m][0]) - p for m in ms) for p, ms in packed_rows),
+                         "apart": apart, "packed": packed})
+            print(f"[bench_rollout] scoring {label} K={k}: apart {apart:.3f} s, packed {packed:.3f} s "
+                  f"({apart / packed:.2f}x)", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---- 2. the main job ----------------------------------------------------------------------
 
 
 def trainer(engine: str, folder: str, device: str, quick: bool):
@@ -308,7 +359,7 @@ def job_table(args, job: dict, title: str) -> list[str]:
     return out
 
 
-def report(args, gen: list[dict], job: dict, busy: dict | None, wall: float) -> str:
+def report(args, gen: list[dict], job: dict, busy: dict | None, scores: list[dict], wall: float) -> str:
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = [START, "## Rollout engine: the kit's cached decoding vs transformers `generate`", ""]
     out.append(f"Written by `python scripts/bench_rollout.py {argv}` on {time.strftime('%Y-%m-%d')} "
@@ -333,6 +384,20 @@ def report(args, gen: list[dict], job: dict, busy: dict | None, wall: float) -> 
                             "8 tasks per step)")
     if busy:
         out += job_table(args, busy, f"### The same with {args.busy} other processes keeping cores busy (a shared machine)")
+    out.append("### Scoring views that share a prompt")
+    out.append("")
+    out.append("The update's forward and backward (`scoring.sequence_logprobs`, then `backward`) over K continuations "
+               "of random tokens (all action tokens) after each of 4 student prompts of `pbsd/ToolCall-v0`: each "
+               "prompt run once with its continuations packed behind it (each attends to the prompt and itself), "
+               f"against every view run whole. Median of {args.reps} repetition(s) after a warm-up, alternating. "
+               "This is also in the main job's *update* above, for both engines alike: a PBSD pair's y+ and y- "
+               "share the prompt of their view.")
+    out.append("")
+    out.append(table(["model", "K", "prompt tokens (mean)", "new tokens", "tokens run, apart / packed",
+                      "apart (s)", "packed (s)", "speed-up"],
+                     [[r["model"], r["k"], r["prompt_mean"], r["new"], f"{r['tokens_apart']:,} / {r['tokens_packed']:,}",
+                       r["apart"], r["packed"], f"**{r['apart'] / r['packed']:.2f}×**"] for r in scores]))
+    out.append("")
     out.append(END)
     return "\n".join(out) + "\n"
 
@@ -357,7 +422,8 @@ def main(argv=None) -> int:
     gen = bench_generation(args)
     job = bench_main_job(args)
     busy = bench_main_job_busy(args) if args.busy else None
-    section = report(args, gen, job, busy, now() - t0)
+    scores = bench_scoring(args)
+    section = report(args, gen, job, busy, scores, now() - t0)
     write(Path(args.out), section)
     print(section)
     print(f"[bench_rollout] wrote {args.out}", file=sys.stderr)

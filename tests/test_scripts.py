@@ -63,6 +63,7 @@ def test_bench_rollout_quick_writes_every_table(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text(encoding="utf-8")
     for heading in ("### Generation", "### Main job", "in the engine (s)", "Previous defaults", "Engine alone at 1 thread",
+                    "### Scoring views that share a prompt", "tokens run, apart / packed",
                     "embedded default model",
                     "vocab 151,665"):
         assert heading in text

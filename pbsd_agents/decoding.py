@@ -89,8 +89,8 @@ def supports(model) -> bool:
         return False
     if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
         return False  # sliding-window layers need a rolling cache
-    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
-        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False  # (Mistral has a window and no switch; Qwen2 and Qwen3 have a switch)
     return getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
 
 
@@ -347,14 +347,22 @@ class _Segments:
 
     After the first turn a prefill is a few tokens per row (the observation and the next generation
     prompt) attending to hundreds of kept ones: one SDPA call and two cache writes per row and layer
-    cost more in dispatch than in arithmetic. Here each layer writes every segment's key/values with one
-    indexed copy and runs two batched products over the rows' common column window, each segment's
-    queries padded to the longest and masked to its own columns.
+    cost more in dispatch than in arithmetic. Here each layer writes every segment's keys and values
+    with one indexed copy each and runs two batched products over the rows' common column window, each
+    segment's queries padded to the longest and masked to its own columns. Columns of the window that
+    a row has not written are read with zero weight, so they must hold finite numbers (the batch cache
+    is allocated with zeros).
     """
 
     MAX_SCORES = 2**24  # floats: a larger score matrix (long prompts) goes one segment at a time, through SDPA
 
-    def __init__(self, segments, device, dtype, num_heads: int):
+    @classmethod
+    def fits(cls, segments, num_heads: int) -> bool:
+        """Whether the padded score matrix of ``segments`` stays under ``MAX_SCORES``."""
+        window = max(col + n for _, col, n, _ in segments) - min(first for _, _, _, first in segments)
+        return len(segments) * num_heads * max(n for _, _, n, _ in segments) * window <= cls.MAX_SCORES
+
+    def __init__(self, segments, device, dtype, group: int):
         rows = [r for r, _, _, _ in segments]
         lengths = torch.tensor([n for _, _, n, _ in segments], device=device)
         self.lo = min(first for _, _, _, first in segments)
@@ -374,15 +382,13 @@ class _Segments:
         first = torch.tensor([f for _, _, _, f in segments], device=device)
         col = torch.tensor([c for _, c, _, _ in segments], device=device)
         seen = (cols[None, None] >= first[:, None, None]) & (cols[None, None] <= (col[:, None] + j)[..., None])
-        self.bias = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))[:, None]
-
-    def fits(self, num_heads: int) -> bool:
-        return self.count * num_heads * self.width * (self.hi - self.lo) <= self.MAX_SCORES
+        bias = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))[:, None]
+        self.bias = bias if group == 1 else bias.repeat(1, 1, group, 1)  # rows as the grouped queries below
 
     def __call__(self, q, k, v, keys, values, scale: float, num_kv_heads: int):
         """Write ``k``, ``v`` ``[N, kv heads, d]`` into the cache and return the attention output ``[N, heads * d]``."""
-        keys[self.cache_row, :, self.cache_col] = k
-        values[self.cache_row, :, self.cache_col] = v
+        keys[self.cache_row, :, self.cache_col] = k.to(keys.dtype)
+        values[self.cache_row, :, self.cache_col] = v.to(values.dtype)
         s, w, (n, heads, d) = self.count, self.width, q.shape
         group = heads // num_kv_heads
         padded = q.new_zeros((s, w, heads, d))
@@ -391,8 +397,7 @@ class _Segments:
         qg = padded.view(s, w, num_kv_heads, group, d).permute(0, 2, 3, 1, 4).reshape(s, num_kv_heads, group * w, d)
         window = slice(self.lo, self.hi)
         kw, vw = keys[self.rows, :, window], values[self.rows, :, window]
-        bias = self.bias if group == 1 else self.bias.repeat(1, 1, group, 1)
-        scores = torch.add(bias, torch.matmul(qg, kw.transpose(2, 3)), alpha=scale)
+        scores = torch.add(self.bias, torch.matmul(qg, kw.transpose(2, 3)), alpha=scale)
         out = torch.matmul(scores.softmax(-1), vw)  # [S, kv heads, group * width, d]
         out = out.view(s, num_kv_heads, group, w, d).permute(0, 3, 1, 2, 4).reshape(s, w, heads * d)
         return out[self.seg, self.at]
@@ -495,9 +500,8 @@ class CachedDecoder:
         """
         h = self.decoder.embed_tokens(ids)
         cos, sin = self._rotary(h, positions)
-        attend = _Segments(segments, ids.device, h.dtype, self.num_heads) if len(segments) > 1 else None
-        if attend is not None and not attend.fits(self.num_heads):
-            attend = None
+        batched = len(segments) > 1 and _Segments.fits(segments, self.num_heads)
+        attend = _Segments(segments, ids.device, h.dtype, self.num_heads // self.num_kv_heads) if batched else None
         offsets = [sum(n for _, _, n, _ in segments[:i]) for i in range(len(segments))]
         gqa = self.num_kv_heads != self.num_heads
         for lay, (keys, values) in zip(self.layers, cache):

@@ -227,17 +227,18 @@ def test_length_groups_run_like_one_padded_batch():
         assert torch.allclose(a, p.grad, atol=1e-4)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_views_sharing_a_prompt_score_as_if_apart(attn):
+@pytest.mark.parametrize("kind, attn", [("qwen2", "sdpa"), ("qwen2", "eager"), ("llama", "sdpa")])
+def test_views_sharing_a_prompt_score_as_if_apart(kind, attn):
     """Views that start with the same prompt run it once, packed in one row; each one's log-probs and
     gradients are those it gets scored alone."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from pbsd_agents.algorithms.scoring import sequence_logprobs, shared_prefix_rows
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn))
+    config, cls = (Qwen2Config, Qwen2ForCausalLM) if kind == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    model = cls(config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn))
     gen = torch.Generator().manual_seed(1)
 
     def rand(n):
@@ -249,9 +250,12 @@ def test_views_sharing_a_prompt_score_as_if_apart(attn):
         for n in tails:  # an action token right after the prompt: predicted by the prompt's last token
             tail = rand(n)
             views.append((prompt + tail, [0] * len(prompt) + [int(i % 4 != 3) for i in range(n)]))
-    views.append((rand(50), [0] * 20 + [1] * 30))  # shares nothing: alone in its row
+    turn = rand(40)  # a multi-turn pair whose first turn is the same: action tokens inside the shared prefix
+    mask = [0] * 40 + [1] * 10 + [0] * 5 + [1] * 15
+    views += [(turn + rand(30), mask), (turn + rand(30), mask), (turn + rand(30), mask)]
+    views += [views[0], (rand(2), [0, 1]), (rand(50), [0] * 20 + [1] * 30)]  # the same view twice; lone views
     rows = shared_prefix_rows([ids for ids, _ in views])
-    assert sorted(len(m) for _, m in rows) == [1, 2, 3]
+    assert sorted(len(m) for _, m in rows) == [1, 1, 2, 3, 4]
     total, per_token = sequence_logprobs(model, views)
     total.sum().backward()
     packed = [p.grad.clone() for p in model.parameters()]
@@ -262,6 +266,19 @@ def test_views_sharing_a_prompt_score_as_if_apart(attn):
         one.sum().backward()
     for a, p in zip(packed, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5)
+
+
+def test_models_with_a_sliding_window_are_not_packed():
+    """A sliding window is part of the model's own mask, which a packed row's mask would replace."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from pbsd_agents.algorithms.scoring import _packable
+
+    common = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1)
+    assert not _packable(MistralForCausalLM(MistralConfig(sliding_window=16, **common)))
+    assert _packable(MistralForCausalLM(MistralConfig(sliding_window=None, **common)))
+    assert _packable(Qwen2ForCausalLM(Qwen2Config(sliding_window=16, use_sliding_window=False, **common)))
 
 
 def test_shared_prefix_rows_keep_rows_cheap():
@@ -281,3 +298,6 @@ def test_shared_prefix_rows_keep_rows_cheap():
     assert shared_prefix_rows([prompt, prompt]) == [(59, [0, 1])]  # the same sequence twice
     for prefix, members in shared_prefix_rows([prompt[:k] + [99] for k in range(40, 61, 5)]):
         assert prefix == 0 or prefix >= SHARED_PREFIX_MIN
+    system, a, b = list(range(100, 140)), list(range(1, 60)), list(range(60, 120))
+    tasks = [system + a + [1], system + a + [2], system + b + [3], system + b + [4]]
+    assert shared_prefix_rows(tasks) == [(99, [0, 1]), (100, [2, 3])]  # a row per task, not one on the system prompt

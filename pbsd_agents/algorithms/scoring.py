@@ -105,7 +105,7 @@ def shared_prefix_rows(sequences: list[list[int]], ratio: float = PACK_RATIO) ->
         >>> shared_prefix_rows([prompt + [1, 2], [7] * 50, prompt + [3]])
         [(100, [0, 2]), (0, [1])]
     """
-    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+    order = sorted(range(len(sequences)), key=lambda i: tuple(sequences[i]))
     rows: list[tuple[int, list[int]]] = []
     members: list[int] = []
     prefix = 0
@@ -115,7 +115,9 @@ def shared_prefix_rows(sequences: list[list[int]], ratio: float = PACK_RATIO) ->
             last = sequences[members[-1]]
             common = next((k for k, (a, b) in enumerate(zip(last, ids)) if a != b), min(len(last), len(ids)))
             p = min(prefix, common, len(ids) - 1)  # every member keeps at least one token of its own
-            if p >= SHARED_PREFIX_MIN and sum(len(sequences[m]) - p for m in members + [i]) <= ratio * p:
+            # joining saves the newcomer's p tokens, but a shorter prefix runs prefix - p more per member
+            saves = p - (len(members) - 1) * (prefix - p)
+            if p >= SHARED_PREFIX_MIN and saves > 0 and sum(len(sequences[m]) - p for m in members + [i]) <= ratio * p:
                 members.append(i)
                 prefix = p
                 continue
@@ -172,7 +174,7 @@ def _run_group(model, views: list[View], rows: list[tuple[int, list[int]]], pad_
             (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None]))
         config = decoder.config
         if getattr(config, "_attn_implementation", "sdpa") == "eager":  # eager adds the mask to the scores
-            dtype = head.weight.dtype
+            dtype = decoder.embed_tokens.weight.dtype
             allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
         kwargs = {"attention_mask": allowed[:, None], "position_ids": positions.to(device)}
     # Otherwise padding is on the right and attention causal, so no real token sees a pad: without a mask
@@ -190,9 +192,10 @@ def action_logits(model, views: list[View], pad_id: int = 0) -> ActionLogits:
     """Run ``model`` on ``views`` and return logits where the action mask is 1.
 
     Position t-1 predicts token t, so the logits for action token t come from position t-1
-    (an action token at position 0 has no prediction and is ignored). Views run in batches of
-    similar length (:func:`length_groups`): padding a short view to the longest one would cost
-    as much arithmetic as a real token, forward and backward.
+    (an action token at position 0 has no prediction and is ignored). Views that share a prompt run
+    it once, packed in one row behind it (:func:`shared_prefix_rows`), on models that take such a
+    row's mask; rows run in batches of similar length (:func:`length_groups`): padding a short row to
+    the longest one would cost as much arithmetic as a real token, forward and backward.
 
     Example:
         >>> from transformers import Qwen2Config, Qwen2ForCausalLM

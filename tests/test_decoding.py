@@ -149,11 +149,14 @@ def test_prefill_in_row_chunks_decodes_like_one_prefill(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_prefill_segments_batched_or_one_at_a_time_decode_alike(kind, monkeypatch):
-    """Several rows' prefill runs as one padded batch (each segment masked to its own columns) or, past
-    ``_Segments.MAX_SCORES``, a row at a time through SDPA: the same tokens, in a first round and in one
+    """Several rows' short prefill segments run as one padded batch (each masked to its own columns) or,
+    past ``_Segments.MAX_SCORES`` or ``MAX_WIDTH``, a row at a time through SDPA: the same tokens, in a first round and in one
     that reuses kept key/values (GQA; Qwen3's per-head norms leave the attention scale unfolded)."""
     import pbsd_agents.decoding as decoding
 
+    width = decoding._Segments.MAX_WIDTH  # a first turn's long prompts go a row at a time
+    assert decoding._Segments.fits([(0, 0, width, 0), (1, 0, 2, 0)], 4)
+    assert not decoding._Segments.fits([(0, 0, width + 1, 0), (1, 0, 2, 0)], 4)
     model = _model(kind)
     with torch.no_grad():  # peaked attention, so that a key at the wrong position or row would show
         for layer in model.model.layers:

@@ -45,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -347,9 +348,10 @@ class _Segments:
 
     After the first turn a prefill is a few tokens per row (the observation and the next generation
     prompt) attending to hundreds of kept ones: one SDPA call and two cache writes per row and layer
-    cost more in dispatch than in arithmetic (the main job's engine time: 3% less batched). Here each layer writes every segment's keys and values
-    with one indexed copy each and runs two batched products over the rows' common column window, each
-    segment's queries padded to the longest and masked to its own columns. Columns of the window that
+    cost more in dispatch than in arithmetic (the main job's engine time: 3% less batched). Here each
+    layer writes every segment's keys and values with one indexed copy each and runs two batched
+    products over the rows' common column window, each segment's queries padded to the longest and
+    masked to its own columns. Columns of the window that
     a row has not written are read with zero weight, so they must hold finite numbers (the batch cache
     is allocated with zeros).
     """
@@ -506,7 +508,12 @@ class CachedDecoder:
         cos, sin = self._rotary(h, positions)
         batched = len(segments) > 1 and _Segments.fits(segments, self.num_heads)
         attend = _Segments(segments, ids.device, h.dtype, self.num_heads // self.num_kv_heads) if batched else None
-        offsets = [sum(n for _, _, n, _ in segments[:i]) for i in range(len(segments))]
+        offsets = [0, *itertools.accumulate(n for _, _, n, _ in segments)][:-1]
+        # a row at a time: causal with ``col - first`` kept keys before the first query (None: plain causal, its faster kernel)
+        masks = [] if batched else [
+            None if col == first else
+            torch.arange(col + n - first, device=ids.device)[None] <= torch.arange(n, device=ids.device)[:, None] + (col - first)
+            for _, col, n, first in segments]
         gqa = self.num_kv_heads != self.num_heads
         for lay, (keys, values) in zip(self.layers, cache):
             q, k, v = lay.qkv(h, cos, sin)
@@ -514,12 +521,9 @@ class CachedDecoder:
                 out = attend(q, k, v, keys, values, lay.q_scale, self.num_kv_heads)
             else:  # one at a time: SDPA's kernel, without a [tokens, keys] score matrix per segment
                 outs = []
-                for (row, col, n, first), o in zip(segments, offsets):
+                for (row, col, n, first), o, mask in zip(segments, offsets, masks):
                     keys[row, :, col:col + n] = k[o:o + n].transpose(0, 1)
                     values[row, :, col:col + n] = v[o:o + n].transpose(0, 1)
-                    # causal with ``col - first`` kept keys before the first query (None: plain causal, its faster kernel)
-                    mask = None if col == first else (torch.arange(col + n - first, device=ids.device)[None]
-                                                      <= torch.arange(n, device=ids.device)[:, None] + (col - first))
                     out = F.scaled_dot_product_attention(
                         q[o:o + n].transpose(0, 1)[None], keys[row:row + 1, :, first:col + n],
                         values[row:row + 1, :, first:col + n], attn_mask=mask, is_causal=mask is None,

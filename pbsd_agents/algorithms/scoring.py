@@ -128,6 +128,11 @@ def shared_prefix_rows(sequences: list[list[int]], ratio: float = PACK_RATIO) ->
     return rows
 
 
+def _row_length(views: list[View], row: tuple[int, list[int]]) -> int:
+    prefix, members = row
+    return prefix + sum(len(views[m][0]) - prefix for m in members)
+
+
 def _packable(model) -> bool:
     """Whether ``model`` scores a packed row right: a Llama-style decoder with full attention whose forward
     takes a custom 4D mask and position ids (sdpa or eager attention; see :func:`pbsd_agents.decoding.supports`)."""
@@ -140,8 +145,7 @@ def _run_group(model, views: list[View], rows: list[tuple[int, list[int]]], pad_
                device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits [N, V], targets [N], view [N])`` at the action positions of one right-padded batch of
     ``rows`` (see :func:`shared_prefix_rows`)."""
-    lengths = [prefix + sum(len(views[m][0]) - prefix for m in members) for prefix, members in rows]
-    length = max(lengths)
+    length = max(_row_length(views, row) for row in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), length), dtype=torch.long)
     segment = torch.full((len(rows), length), -1, dtype=torch.long)  # 0: a prefix or a lone view; k: continuation k
@@ -216,8 +220,8 @@ def action_logits(model, views: list[View], pad_id: int = 0) -> ActionLogits:
         rows = shared_prefix_rows([ids for ids, _ in views])
     else:
         rows = [(0, [i]) for i in range(len(views))]
-    lengths = [prefix + sum(len(views[m][0]) - prefix for m in members) for prefix, members in rows]
-    parts = [_run_group(model, views, [rows[r] for r in group], pad_id, device) for group in length_groups(lengths)]
+    groups = length_groups([_row_length(views, row) for row in rows])
+    parts = [_run_group(model, views, [rows[r] for r in group], pad_id, device) for group in groups]
     logits, targets, seq = (torch.cat(x) for x in zip(*parts))
     order = torch.argsort(seq, stable=True)  # back to the views' order, positions in order within each
     logits, targets, seq = logits[order], targets[order], seq[order]

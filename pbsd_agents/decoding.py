@@ -112,12 +112,19 @@ def _rms_eps(module) -> float | None:
     return float(eps) if plain and isinstance(eps, float) else None
 
 
-def _norm(module, eps: float | None, x):
-    """``module(x)``; for a plain RMSNorm (``eps`` given) in float32, in one op without the module call.
-    Other dtypes keep the module's own up-cast arithmetic."""
-    if eps is None or x.dtype != torch.float32:
+def _norm(module, eps_t, x):
+    """``module(x)``; for a plain RMSNorm (``eps_t``: its epsilon as a tensor) in float32, without the
+    module call, as the weightless norm times the weight (``F.rms_norm`` measured 1.5x slower at these
+    sizes). Other dtypes keep the module's own up-cast arithmetic."""
+    if eps_t is None or x.dtype != torch.float32:
         return module(x)
-    return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
+    return _weightless_norm(x, eps_t) * module.weight
+
+
+def _mm(x, w, b=None):
+    """``x @ w (+ b)`` for a weight stored ``[in, out]``: what ``F.linear`` computes, minus its dispatch
+    (a transpose and a call more per product, which add up over a decode step's ~30 products)."""
+    return torch.mm(x, w) if b is None else torch.addmm(b, x, w)
 
 
 def _silu(module) -> bool:
@@ -196,12 +203,12 @@ class _Layer:
                 if biases is not None:
                     biases = self._with_swapped(biases)
             w = torch.cat(weights)
-            self.qkv_w = w * layer.input_layernorm.weight.detach() if self.fold[0] else w
+            self.qkv_w = (w * layer.input_layernorm.weight.detach() if self.fold[0] else w).t()
             self.qkv_b = torch.cat(biases) if biases is not None else None
             self.q_scale = 1.0 if self.rotate_folded else self.scale
         if self.fuse_mlp:
             w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
-            self.gate_up_w = w * layer.post_attention_layernorm.weight.detach() if self.fold[1] else w
+            self.gate_up_w = (w * layer.post_attention_layernorm.weight.detach() if self.fold[1] else w).t()
 
     def _with_swapped(self, qkv: list) -> list:
         """``[q, k, v]`` rows (weights or biases) -> ``[q, k, v, swapped q, swapped k]``, queries scaled:
@@ -221,7 +228,9 @@ class _Layer:
         """The layer's norm ``which`` (0: before attention, 1: before the MLP); weightless when folded."""
         if self.fold[which]:
             return _weightless_norm(x, self.eps_t[which])
-        return _norm((self.layer.input_layernorm, self.layer.post_attention_layernorm)[which], self.norm_eps[which], x)
+        plain = self.norm_eps[which] is not None
+        return _norm((self.layer.input_layernorm, self.layer.post_attention_layernorm)[which],
+                     self.eps_t[which] if plain else None, x)
 
     @staticmethod
     def linear(module, x):
@@ -235,9 +244,9 @@ class _Layer:
         x = self.norm(0, h)
         half = d // 2
         if self.rotate_folded:
-            return _rotate_folded(F.linear(x, self.qkv_w, self.qkv_b).view(n, 2 * nq + 3 * nkv, d), cos, sin, nq, nkv)
+            return _rotate_folded(_mm(x, self.qkv_w, self.qkv_b).view(n, 2 * nq + 3 * nkv, d), cos, sin, nq, nkv)
         if self.fuse_qkv:
-            qkv = F.linear(x, self.qkv_w, self.qkv_b).view(n, nq + 2 * nkv, d)
+            qkv = _mm(x, self.qkv_w, self.qkv_b).view(n, nq + 2 * nkv, d)
             if self.q_norm is None:  # rotate queries and keys in one go
                 qk = qkv[:, : nq + nkv]
                 qk = qk * cos + qk.roll(half, -1) * sin
@@ -256,8 +265,9 @@ class _Layer:
         x = self.norm(1, h)
         if not self.fuse_mlp:
             return h + self.mlp(x)
-        gate, up = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
-        act = self.act(gate) * up
+        gate_up = torch.mm(x, self.gate_up_w)
+        half = gate_up.shape[1] // 2
+        act = self.act(gate_up[:, :half]) * gate_up[:, half:]
         return torch.addmm(h, act, self.down_w) if self.down_w is not None else h + self.linear(self.mlp.down_proj, act)
 
 
@@ -286,10 +296,10 @@ class _StackedLayer:
         first = layers[0]
         self.nq, self.nkv, self.head_dim, self.q_scale = first.nq, first.nkv, first.head_dim, first.q_scale
         self.eps_t = first.eps_t
-        self.qkv_w = torch.stack([lay.qkv_w.t() for lay in layers])  # [G, hidden, out]
+        self.qkv_w = torch.stack([lay.qkv_w for lay in layers])  # [G, hidden, out]
         self.qkv_b = torch.stack([lay.qkv_b for lay in layers])[:, None] if first.qkv_b is not None else None
         self.o_w = torch.stack([lay.o_w for lay in layers])
-        self.gate_up_w = torch.stack([lay.gate_up_w.t() for lay in layers])
+        self.gate_up_w = torch.stack([lay.gate_up_w for lay in layers])
         self.down_w = torch.stack([lay.down_w for lay in layers])
         self.groups = len(layers)
 
@@ -317,7 +327,7 @@ class _Stacked:
         embeds = [d.decoder.embed_tokens.weight.detach() for d in decoders]
         self.vocab = embeds[0].shape[0]
         self.embeddings = torch.cat(embeds)  # group g's token t is row g * vocab + t
-        self.final_eps = decoders[0].layers[0].eps_t[0].new_tensor([decoders[0]._final_eps])
+        self.final_eps = decoders[0]._final_eps_t
         self.head_w = torch.stack([(d.head.weight.detach() * d.decoder.norm.weight.detach()).t() for d in decoders])
 
     @staticmethod
@@ -451,6 +461,7 @@ class CachedDecoder:
         self.prefill_tokens = self.reused_tokens = 0  # prompt tokens computed / taken from kept key/values
         self._rope = None  # cos and signed sin by position, made per call
         self._final_eps = _rms_eps(decoder.norm)
+        self._final_eps_t = None  # as a tensor on the weights' device (made with the fused weights)
         self.refreshes = 0  # how often the fused weights were rebuilt (a stack of them is rebuilt after)
         self._stack: tuple[tuple, _Stacked] | None = None  # the decoders of the last stacked call, their stack
 
@@ -458,7 +469,7 @@ class CachedDecoder:
         """``(cos, signed sin)`` at flat ``positions [N]``, ``[N, 1, head_dim]``: from the table made for
         this call when the rotary embedding does not depend on the sequence length, else computed now."""
         if self._rope is not None:
-            cos, sin = self._rope[0][positions], self._rope[1][positions]
+            cos, sin = self._rope[0].index_select(0, positions), self._rope[1].index_select(0, positions)
         else:
             cos, sin = self.decoder.rotary_emb(h[None], positions[None])
             cos, sin = cos[0], torch.cat((-sin[0, :, : self.head_dim // 2], sin[0, :, self.head_dim // 2:]), dim=-1)
@@ -474,7 +485,7 @@ class CachedDecoder:
         return cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
 
     def _final_norm(self, h):
-        return _norm(self.decoder.norm, self._final_eps, h)
+        return _norm(self.decoder.norm, self._final_eps_t, h)
 
     def logits(self, h):
         """LM head logits of a decode step's last hidden states (before the final norm)."""
@@ -482,18 +493,22 @@ class CachedDecoder:
 
     def _step(self, token, positions, bias, cache, col: int, stack: _Stacked | None = None, group=None):
         """One decode step: each row's ``token [B]`` at column ``col`` (its key/values written there);
-        ``bias [B, 1, 1, col + 1]`` is added to the attention scores (-inf on padding). With ``stack``,
-        the rows are its groups' (``group [B]``: each row's), group-major. Returns the logits ``[B, V]``."""
+        ``bias [B, kv heads, 1, columns]`` (contiguous; columns up to ``col`` are read) is added to the
+        attention scores (-inf on padding). With ``stack``, the rows are its groups' (``group [B]``: each
+        row's), group-major. Returns the logits ``[B, V]``."""
         h = stack.embed(token, group) if stack is not None else self.decoder.embed_tokens(token)
         cos, sin = self._rotary(h, positions)
-        batch, end = len(token), col + 1
+        end, d = col + 1, self.head_dim
+        rows = len(token) * self.num_kv_heads  # (row, key/value head) pairs: the batch of the products below
+        bias = bias.view(rows, 1, -1)[..., :end]
         for lay, (keys, values) in zip(stack.layers if stack is not None else self.layers, cache):
             q, k, v = lay.qkv(h, cos, sin)
             keys[:, :, col], values[:, :, col] = k, v
-            # one query per row: two batched products read the cache once (faster than SDPA's kernel here)
-            qg = q.reshape(batch, self.num_kv_heads, -1, self.head_dim)  # the query heads of each key/value head together
-            scores = torch.add(bias, torch.matmul(qg, keys[:, :, :end].transpose(2, 3)), alpha=lay.q_scale)
-            out = torch.matmul(scores.softmax(-1), values[:, :, :end]).view(batch, -1)
+            # one query per row: two batched products read the cache once (faster than SDPA's kernel
+            # here), on 3D views (torch.matmul on 4D ones dispatched several times more ops)
+            qg = q.reshape(rows, -1, d)  # the query heads of each key/value head together
+            scores = torch.baddbmm(bias, qg, keys[:, :, :end].view(rows, end, d).transpose(1, 2), alpha=lay.q_scale)
+            out = torch.bmm(scores.softmax(-1), values[:, :, :end].view(rows, end, d)).view(len(token), -1)
             h = lay.finish(h, out)
         return stack.logits(h) if stack is not None else self.logits(h)
 
@@ -567,6 +582,8 @@ class CachedDecoder:
         if stamp != self._weights_stamp:
             for lay in self.layers:
                 lay.refresh()
+            if self._final_eps is not None:
+                self._final_eps_t = self.decoder.norm.weight.new_tensor([self._final_eps])
             self._kept, self._weights_stamp = [], stamp
             self.refreshes += 1
 
@@ -732,9 +749,9 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
     logits = torch.cat(logits)  # slots are view-major, so this is slot order
     lengths = torch.tensor([len(p) for p in firsts], device=device)
     # decoding adds this to the attention scores: -inf on padding, 0 elsewhere (a column is read only
-    # once its token is written, so the generated ones need no masking)
+    # once its token is written, so the generated ones need no masking); one row per key/value head
     cols = torch.arange(total, device=device)
-    bias = torch.zeros((batch, 1, 1, total), dtype=dtype, device=device).masked_fill_(
+    bias = torch.zeros((batch, first.num_kv_heads, 1, total), dtype=dtype, device=device).masked_fill_(
         (cols < torch.tensor(starts, device=device)[:, None])[:, None, None], float("-inf"))
     if row_slot != list(range(batch)):  # prompts that were the same share one prefill; padding rows
         index = torch.tensor(row_slot, device=device)
@@ -777,7 +794,7 @@ def decode_views(decoders: Sequence[CachedDecoder], prompts: Sequence[Sequence[i
                     bias, lengths = bias[keep], lengths[keep]
         done = stopped
         col = width + step
-        logits = first._step(token, lengths + step, bias[..., :col + 1], cache, col, stack, group)
+        logits = first._step(token, lengths + step, bias, cache, col, stack, group)
     decoded += [(row, cache, b, step, 0) for b, row in enumerate(live.tolist()) if row != n]
     # entries after a row's first stop are whatever was sampled while it waited: clear them
     out_ids, out_lps = out_ids[:n], out_lps[:n]

@@ -506,7 +506,7 @@ class CachedDecoder:
             q, k, v = lay.qkv(h, cos, sin)
             keys[:, :, col], values[:, :, col] = k, v
             # one query per row: two batched products read the cache once (faster than SDPA's kernel
-            # here), on 3D views (torch.matmul on 4D ones dispatched several times more ops)
+            # here), on 3D views (torch.matmul on 4D ones dispatches several more ops per call)
             qg = q.reshape(rows, -1, d)  # the query heads of each key/value head together
             scores = torch.baddbmm(bias, qg, keys[:, :, :end].view(rows, end, d).transpose(1, 2), alpha=lay.q_scale)
             out = torch.bmm(scores.softmax(-1), values[:, :, :end].view(rows, end, d)).view(len(token), -1)

@@ -77,13 +77,25 @@ def test_fused_weights_follow_a_change_of_dtype():
     assert torch.equal(ids, CachedDecoder(model).decode(PROMPTS, pick, **args)[0])
 
 
-def test_unfused_projections_decode_alike():
-    model = _model("qwen2")
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_unfused_projections_decode_alike(kind):
+    # unfused, a step's products over several rows run as (W x^T)^T, the MLP by hand
+    model = _model(kind)
     fused, unfused = CachedDecoder(model), CachedDecoder(model, fuse=False)
-    assert fused.layers[0].fuse_qkv and not unfused.layers[0].fuse_qkv
-    pick = lambda logits: (logits.argmax(-1, keepdim=True), torch.zeros(len(logits)))  # noqa: E731
+    assert fused.layers[0].fuse_qkv and not unfused.layers[0].fuse_qkv and unfused.layers[0].plain_mlp
+    seen = {"fused": [], "unfused": []}
+
+    def picker(name):
+        def pick(logits):
+            seen[name].append(logits.clone())
+            return logits.argmax(-1, keepdim=True), torch.zeros(len(logits))
+        return pick
+
     args = dict(max_new_tokens=10, stop_ids=[0], pad_id=0)
-    assert torch.equal(fused.decode(PROMPTS, pick, **args)[0], unfused.decode(PROMPTS, pick, **args)[0])
+    ids = [d.decode(PROMPTS, picker(name), **args)[0] for d, name in ((fused, "fused"), (unfused, "unfused"))]
+    assert torch.equal(*ids)
+    for a, b in zip(seen["fused"], seen["unfused"]):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_lora_student_and_teacher_match_generate():

@@ -122,6 +122,43 @@ def test_top_k_one_is_greedy_with_logprob_zero(engine):
     assert all(lp == pytest.approx(0.0, abs=1e-5) for g in topk for lp in g.logprobs)
 
 
+def _one_sum_inversion(logp, generator):
+    """The sampler's definition: one float64 cumulative sum over each row, searched at u * total."""
+    cdf = logp.exp().double().cumsum(-1)
+    u = torch.rand((len(logp), 1), generator=generator, dtype=torch.float64)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+
+
+def test_large_vocabularies_are_sampled_in_two_levels_alike():
+    from pbsd_agents.engines import FLAT_CDF_MAX, _inverse_cdf_sample
+
+    vocab = 3 * FLAT_CDF_MAX + 77  # blocks of 256 and a shorter last block
+    torch.manual_seed(0)
+    logits = torch.randn(64, vocab) * torch.tensor([0.5, 2.0, 6.0, 12.0]).repeat(16)[:, None]
+    logits[::5, vocab // 3:] = float("-inf")  # rows with whole blocks of zero probability
+    logp = torch.log_softmax(logits, -1)
+    for seed in range(10):
+        a = _inverse_cdf_sample(logp, torch.Generator().manual_seed(seed))
+        b = _one_sum_inversion(logp, torch.Generator().manual_seed(seed))
+        assert torch.equal(a, b)
+        assert torch.isfinite(logp.gather(1, a)).all()
+
+
+def test_two_level_sampling_draws_each_token_at_its_probability_and_never_a_zero_one():
+    from pbsd_agents.engines import FLAT_CDF_MAX, _inverse_cdf_sample
+
+    vocab = FLAT_CDF_MAX + 100
+    # mass on the edges of blocks (size 128 here) and in the last, shorter block; the rest is zero
+    tokens = torch.tensor([0, 127, 128, 255, vocab - 100, vocab - 1])
+    probs = torch.tensor([0.05, 0.3, 0.1, 0.25, 0.2, 0.1])
+    logp = torch.full((4000, vocab), float("-inf"))
+    logp[:, tokens] = probs.log()
+    drawn = _inverse_cdf_sample(logp, torch.Generator().manual_seed(0)).view(-1)
+    assert set(drawn.tolist()) <= set(tokens.tolist())
+    freq = torch.stack([(drawn == t).float().mean() for t in tokens])
+    assert torch.allclose(freq, probs, atol=0.025)  # 4,000 draws: a standard error of at most 0.008
+
+
 # ---- HFEngine only -----------------------------------------------------------------------------
 
 

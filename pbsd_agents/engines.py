@@ -194,8 +194,8 @@ def _inverse_cdf_sample(logp, generator=None):
     the search runs in two levels: over the cumulative sums of blocks of about sqrt(vocab) tokens,
     then within the block found (3 ms). The blocks' own sums are float32, so the two searches find
     different tokens only where u falls within float32 rounding (about 1e-7 of a row's mass) of a
-    block's edge (none of 4,800 test draws). Zero-probability tokens are never drawn (their CDF step
-    is empty).
+    block's edge (rare, but a 64-row comparison's 8,192 draws met it). Zero-probability tokens are
+    never drawn (their CDF step is empty).
     """
     import torch
 
@@ -216,7 +216,7 @@ def _inverse_cdf_sample(logp, generator=None):
     # below the total (u * total may round up to it), so that the block found holds some probability
     target = torch.minimum(u * total, torch.nextafter(total, zero))
     block = torch.searchsorted(cdf, target, right=True)
-    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp_(min=0)), zero)
+    before = torch.nn.functional.pad(cdf, (1, 0)).gather(1, block)  # the mass of the blocks before it
     cols = block * size + torch.arange(size, device=p.device)
     inside = p.gather(1, cols.clamp(max=vocab - 1)).masked_fill_(cols >= vocab, 0.0).double().cumsum(dim=-1)
     # the block's own sum may round a little below its entry in ``cdf``: stay under its last step

@@ -77,6 +77,20 @@ def test_fused_weights_follow_a_change_of_dtype():
     assert torch.equal(ids, CachedDecoder(model).decode(PROMPTS, pick, **args)[0])
 
 
+def test_decoding_runs_in_inference_mode_and_returns_ordinary_tensors():
+    model = _model("qwen2")
+    modes = []
+    pick = lambda logits: modes.append(torch.is_inference_mode_enabled()) or (  # noqa: E731
+        logits.argmax(-1, keepdim=True), torch.zeros(len(logits)))
+    ids, lps = CachedDecoder(model).decode(PROMPTS, pick, max_new_tokens=4, stop_ids=[0], pad_id=0)
+    assert modes and all(modes)
+    assert not ids.is_inference() and not lps.is_inference()
+    ids[0, 0], lps[0, 0] = 1, 0.5  # a caller may edit them in place
+    # the model trains afterwards: nothing of its own became an inference tensor
+    model.train()
+    model(torch.tensor([PROMPTS[0]])).logits.sum().backward()
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_unfused_projections_decode_alike(kind):
     # unfused, a step's products over several rows run as (W x^T)^T, the MLP by hand

@@ -34,10 +34,13 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from typing import Any, Sequence
 
 __all__ = ["ChatRenderer", "TemplateError", "tools_system_text"]
+
+PIECE_CACHE = 1 << 14  # encoded pieces kept per renderer (cleared when full)
 
 _PROBE_TEXT = "pbsd probe 7"
 _PROBE_TOOL = {
@@ -70,6 +73,29 @@ def tools_system_text(tools: Sequence[dict], tool_format: str = "hermes") -> str
 
     schemas = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     return f"You can call tools. Their JSON schemas, one per line:\n{schemas}\n\n{format_hint(tool_format)}"
+
+
+def _added_token_splitter(tokenizer):
+    """``(pattern, ids)`` that cut text at the added tokens a fast tokenizer matches on the raw text, when
+    the pieces between them tokenize the same alone as in place; else ``None``.
+
+    A Hugging Face fast tokenizer first splits its input at those tokens, then normalises,
+    pre-tokenises and encodes every piece on its own, so ``encode(a + t + b)`` is ``encode(a) + [id(t)]
+    + encode(b)``, unless a token also takes the whitespace beside it (``lstrip``/``rstrip``) or only
+    matches whole words, or the pre-tokeniser treats the input's first piece differently (Metaspace's
+    ``prepend_scheme="first"``, as in Llama 2's tokenizer). The pattern lists the tokens longest first,
+    so it matches as the tokenizer does (leftmost, then longest)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "get_added_tokens_decoder"):
+        return None  # a slow (Python) tokenizer: no such guarantee
+    raw = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if not t.normalized}
+    if not raw or any(t.lstrip or t.rstrip or t.single_word for t in backend.get_added_tokens_decoder().values()):
+        return None
+    pre = backend.pre_tokenizer
+    if pre is not None and b'"prepend_scheme":"first"' in pre.__getstate__().replace(b" ", b""):
+        return None
+    pattern = re.compile("(" + "|".join(re.escape(t) for t in sorted(raw, key=len, reverse=True)) + ")")
+    return pattern, raw
 
 
 class ChatRenderer:
@@ -107,6 +133,8 @@ class ChatRenderer:
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set tokenizer.chat_template first"
             )
         self.tokenizer = tokenizer
+        self._splitter = _added_token_splitter(tokenizer)
+        self._pieces: dict[str, tuple[int, ...]] = {}  # text between added tokens -> its ids
         self.template_has_tools = self._detect_tools_support()
         self.template_has_tool_role = self._detect_tool_role()
         self.eot_id = self._token_id(eot_token) if eot_token is not None else self._detect_eot()
@@ -171,7 +199,29 @@ class ChatRenderer:
         return self.tokenizer.convert_ids_to_tokens(self.eot_id)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` with no special tokens added (the template writes BOS itself if it wants one)."""
+        """Token ids of ``text`` with no special tokens added (the template writes BOS itself if it wants one).
+
+        With a fast tokenizer whose pieces between added tokens encode independently (see
+        ``_added_token_splitter``), each piece is encoded once and remembered: a conversation is rendered
+        and encoded again at every turn, and all but its newest messages were seen before (the main
+        job's encodings took a quarter of the time, with the same ids)."""
+        if self._splitter is None or getattr(self.tokenizer, "split_special_tokens", False):
+            return self._encode_whole(text)
+        pattern, added = self._splitter
+        ids: list[int] = []
+        for i, part in enumerate(pattern.split(text)):
+            if i % 2:  # the separators: added tokens
+                ids.append(added[part])
+            elif part:
+                known = self._pieces.get(part)
+                if known is None:
+                    if len(self._pieces) >= PIECE_CACHE:
+                        self._pieces.clear()
+                    known = self._pieces[part] = tuple(self._encode_whole(part))
+                ids.extend(known)
+        return ids
+
+    def _encode_whole(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from tests.support import qwen_tokenizer, renderer_for
+from tests.support import qwen_tokenizer, renderer_for, tokenizer_for
 
 from pbsd_agents.chat import ChatRenderer, TemplateError, tools_system_text
 from pbsd_agents.loading import byte_tokenizer
@@ -176,3 +176,70 @@ def test_no_chat_template_is_an_error():
         ChatRenderer(tok)
     with pytest.raises(ValueError, match="valid formats"):  # the call format comes from the env, per conversation
         tools_system_text([], tool_format="xml")
+
+
+# ---- encode: pieces between added tokens encoded once ----------------------------------------------
+
+PIECE_ATOMS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>", "\n", " ", "  ",
+               "\n\n", "\t", "é", "日本", "x", "Hello", " world", "123", '{"a": 1}', "<", "|", ">", "im_end", "'s",
+               "\u0301", "A\u030a"]
+
+
+def _embedded_tokenizer():
+    from transformers import AutoTokenizer
+
+    from pbsd_agents.presets import default_model_dir
+
+    if not default_model_dir().exists():
+        pytest.skip("the embedded default model is not built in this checkout")
+    return AutoTokenizer.from_pretrained(default_model_dir())
+
+
+@pytest.mark.parametrize("name", ["byte", "qwen", "embedded"])
+def test_encode_piece_by_piece_gives_the_tokenizers_ids(name):
+    import random
+
+    tok = _embedded_tokenizer() if name == "embedded" else tokenizer_for(name)
+    r = ChatRenderer(tok)
+    assert r._splitter is not None  # the piecewise path is the one under test
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(PIECE_ATOMS) for _ in range(rng.randint(0, 30))) for _ in range(1500)]
+    texts.append(r.render_text(MSGS + [{"role": "assistant", "content": CALL}, {"role": "tool", "content": "4"}], TOOLS))
+    for text in texts * 2:  # the second time from remembered pieces
+        assert r.encode(text) == list(tok(text, add_special_tokens=False)["input_ids"]), repr(text)
+    assert r._pieces
+
+
+def _unigram_tokenizer(pre_tokenizer, **added):
+    from tokenizers import Tokenizer, models
+    from transformers import AddedToken, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.Unigram([("<unk>", 0.0), ("▁", -1.0), ("a", -2.0), ("b", -2.0), ("▁a", -1.5), ("▁b", -1.5)],
+                                    0, False))
+    core.pre_tokenizer = pre_tokenizer
+    tok = PreTrainedTokenizerFast(tokenizer_object=core)
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<s1>", **added)]})
+    tok.chat_template = NO_TOOLS_TEMPLATE
+    return tok
+
+
+def test_encode_takes_the_whole_text_where_pieces_would_tokenize_differently():
+    from tokenizers import pre_tokenizers
+
+    # Llama 2 style: only the input's first piece gets the word-start mark, so "b" alone is not "b" after <s1>
+    first = _unigram_tokenizer(pre_tokenizers.Metaspace(prepend_scheme="first"))
+    whole = list(first("a<s1>b", add_special_tokens=False)["input_ids"])
+    piecewise = first("a", add_special_tokens=False)["input_ids"] + [first.convert_tokens_to_ids("<s1>")] \
+        + first("b", add_special_tokens=False)["input_ids"]
+    assert whole != piecewise
+    r = ChatRenderer(first)
+    assert r._splitter is None and r.encode("a<s1>b") == whole
+    # a token that takes the whitespace beside it; split_special_tokens (added tokens read as text)
+    stripping = _unigram_tokenizer(pre_tokenizers.Metaspace(prepend_scheme="always"), rstrip=True)
+    assert ChatRenderer(stripping)._splitter is None
+    q = _qwen_copy()
+    r = ChatRenderer(q)
+    assert r._splitter is not None
+    q.split_special_tokens = True
+    assert r.encode("<|im_end|>hi") == list(q("<|im_end|>hi", add_special_tokens=False)["input_ids"])
+    assert len(r.encode("<|im_end|>hi")) > 2

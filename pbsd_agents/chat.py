@@ -88,7 +88,7 @@ def _added_token_splitter(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "get_added_tokens_decoder"):
         return None  # a slow (Python) tokenizer: no such guarantee
-    raw = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if not t.normalized}
+    raw = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.content and not t.normalized}
     if not raw or any(t.lstrip or t.rstrip or t.single_word for t in backend.get_added_tokens_decoder().values()):
         return None
     pre = backend.pre_tokenizer
@@ -133,8 +133,9 @@ class ChatRenderer:
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set tokenizer.chat_template first"
             )
         self.tokenizer = tokenizer
-        self._splitter = _added_token_splitter(tokenizer)
+        self._splitter = None  # built by encode, again whenever tokens are added
         self._pieces: dict[str, tuple[int, ...]] = {}  # text between added tokens -> its ids
+        self._vocab_size = -1  # len(tokenizer) when the splitter was built
         self.template_has_tools = self._detect_tools_support()
         self.template_has_tool_role = self._detect_tool_role()
         self.eot_id = self._token_id(eot_token) if eot_token is not None else self._detect_eot()
@@ -205,6 +206,9 @@ class ChatRenderer:
         ``_added_token_splitter``), each piece is encoded once and remembered: a conversation is rendered
         and encoded again at every turn, and all but its newest messages were seen before (the main
         job's encodings took a quarter of the time, with the same ids)."""
+        if len(self.tokenizer) != self._vocab_size:  # built, or tokens were added since
+            self._splitter, self._pieces = _added_token_splitter(self.tokenizer), {}
+            self._vocab_size = len(self.tokenizer)
         if self._splitter is None or getattr(self.tokenizer, "split_special_tokens", False):
             return self._encode_whole(text)
         pattern, added = self._splitter

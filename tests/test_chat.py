@@ -201,6 +201,7 @@ def test_encode_piece_by_piece_gives_the_tokenizers_ids(name):
 
     tok = _embedded_tokenizer() if name == "embedded" else tokenizer_for(name)
     r = ChatRenderer(tok)
+    r.encode("")
     assert r._splitter is not None  # the piecewise path is the one under test
     rng = random.Random(0)
     texts = ["".join(rng.choice(PIECE_ATOMS) for _ in range(rng.randint(0, 30))) for _ in range(1500)]
@@ -233,13 +234,21 @@ def test_encode_takes_the_whole_text_where_pieces_would_tokenize_differently():
         + first("b", add_special_tokens=False)["input_ids"]
     assert whole != piecewise
     r = ChatRenderer(first)
-    assert r._splitter is None and r.encode("a<s1>b") == whole
+    assert r.encode("a<s1>b") == whole and r._splitter is None
     # a token that takes the whitespace beside it; split_special_tokens (added tokens read as text)
-    stripping = _unigram_tokenizer(pre_tokenizers.Metaspace(prepend_scheme="always"), rstrip=True)
-    assert ChatRenderer(stripping)._splitter is None
+    stripping = ChatRenderer(_unigram_tokenizer(pre_tokenizers.Metaspace(prepend_scheme="always"), rstrip=True))
+    assert stripping.encode("a<s1> b") == list(stripping.tokenizer("a<s1> b", add_special_tokens=False)["input_ids"])
+    assert stripping._splitter is None
     q = _qwen_copy()
     r = ChatRenderer(q)
+    assert r.encode("hi<|im_end|>") == [*q("hi", add_special_tokens=False)["input_ids"], r.eot_id]
     assert r._splitter is not None
-    q.split_special_tokens = True
+    q.split_special_tokens = True  # added tokens read as text
     assert r.encode("<|im_end|>hi") == list(q("<|im_end|>hi", add_special_tokens=False)["input_ids"])
     assert len(r.encode("<|im_end|>hi")) > 2
+    q.split_special_tokens = False
+    before = r.encode("x<|pbsd_new|>")  # remembered as text
+    q.add_special_tokens({"additional_special_tokens": ["<|pbsd_new|>"]})
+    new = q.convert_tokens_to_ids("<|pbsd_new|>")
+    assert r.encode("hi<|pbsd_new|>hi") == list(q("hi<|pbsd_new|>hi", add_special_tokens=False)["input_ids"])
+    assert new not in before and new in r.encode("x<|pbsd_new|>") and "<|pbsd_new|>" in r._splitter[1]

@@ -88,8 +88,9 @@ def _added_token_splitter(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "get_added_tokens_decoder"):
         return None  # a slow (Python) tokenizer: no such guarantee
-    raw = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.content and not t.normalized}
-    if not raw or any(t.lstrip or t.rstrip or t.single_word for t in backend.get_added_tokens_decoder().values()):
+    added = backend.get_added_tokens_decoder()
+    raw = {t.content: i for i, t in added.items() if t.content and not t.normalized}
+    if not raw or any(t.lstrip or t.rstrip or t.single_word for t in added.values()):
         return None
     pre = backend.pre_tokenizer
     if pre is not None and b'"prepend_scheme":"first"' in pre.__getstate__().replace(b" ", b""):
